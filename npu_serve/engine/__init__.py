@@ -1,0 +1,1 @@
+"""The torch-free half: requests, block bookkeeping, scheduling, detokenizing, the engine loop."""

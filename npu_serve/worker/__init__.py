@@ -1,0 +1,1 @@
+"""The torch side: KV tensors, batch packing, the model forward and sampling."""
