@@ -104,17 +104,21 @@ def resolve_model(model: str | os.PathLike | None) -> ResolvedModel:
             raise InvalidParameter("model", f"{str(model)!r} is a file but not a .gguf; expected a "
                                    "Hugging Face model directory or a .gguf file.")
         src = path.resolve()
-        st = src.stat()
-        # Key on path, size and mtime: a replaced file gets a fresh conversion, a re-run does not.
-        key = hashlib.sha256(f"{src}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        target = cache_dir() / "models" / f"{src.stem}-{key}"
-        converted = _ensure_converted(target, lambda tmp: src, source=str(src))
+        converted = _ensure_converted(gguf_cache_dir(src), lambda tmp: src, source=str(src))
         return ResolvedModel(path=converted, name=src.stem, gguf_file=str(src))
     if str(model) == DEFAULT_MODEL_NAME:
         return ResolvedModel(path=default_model_dir(), name=DEFAULT_MODEL_NAME)
     raise InvalidParameter("model", f"model {str(model)!r} not found: npu-serve loads a local Hugging Face "
                            "directory or a local .gguf file (it never downloads from a model hub); "
                            f"leave --model out to use the default, {DEFAULT_MODEL_NAME}.")
+
+
+def gguf_cache_dir(gguf: Path) -> Path:
+    """Where the conversion of a local GGUF file lives in the cache."""
+    st = gguf.stat()
+    # Key on path, size and mtime: a replaced file gets a fresh conversion, a re-run does not.
+    key = hashlib.sha256(f"{gguf}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
 def load_model(resolved: ResolvedModel, platform: Platform, dtype: torch.dtype) -> LoadedModel:

@@ -1,0 +1,57 @@
+"""The device seam: everything device-specific the engine and runner need, behind one object.
+
+Memory, synchronisation, seeding and defaults go through a `Platform`, so the rest of the code never
+calls `torch.cuda.*` or `torch.npu.*` directly (and never `torch.accelerator`, which torch_npu
+does not fully back). Subclasses: cpu.py, cuda.py, npu.py; `npu_serve.device.resolve_platform`
+picks one by name.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+
+class Platform(ABC):
+    name: ClassVar[str]  # "cpu" | "cuda" | "npu"
+    attention_backend: ClassVar[str]  # name of the attention backend that suits this device
+    # KV cache block size. 16 keeps padding waste small; npu overrides it (see npu.py).
+    default_block_size: ClassVar[int] = 16
+
+    def __init__(self, index: int | None = None):
+        self.index = index
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.name, self.index) if self.index is not None else torch.device(self.name)
+
+    @classmethod
+    @abstractmethod
+    def is_available(cls) -> bool:
+        """True if this kind of device can be used in this process. Never raises."""
+
+    def default_dtype(self) -> torch.dtype:
+        """The dtype `--dtype auto` means here. Accelerators: bfloat16 (native, half the memory)."""
+        return torch.bfloat16
+
+    def synchronize(self) -> None:
+        """Wait for every queued kernel on this device (timing, memory profiling)."""
+
+    @abstractmethod
+    def mem_get_info(self) -> tuple[int, int]:
+        """(free, total) bytes of the memory that KV cache blocks would come from."""
+
+    def empty_cache(self) -> None:
+        """Return cached allocator blocks to the device, so mem_get_info sees them as free."""
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def describe(self) -> str:
+        """One line for the startup log."""
+        return str(self.torch_device)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.torch_device})"

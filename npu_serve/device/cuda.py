@@ -1,0 +1,36 @@
+"""The CUDA platform (torch.cuda.*)."""
+
+from __future__ import annotations
+
+import torch
+
+from npu_serve.device.base import Platform
+
+
+class CudaPlatform(Platform):
+    name = "cuda"
+    attention_backend = "triton"
+    default_block_size = 16
+
+    def __init__(self, index: int | None = None):
+        super().__init__(0 if index is None else index)
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return torch.cuda.is_available()
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.torch_device)
+
+    def mem_get_info(self) -> tuple[int, int]:
+        return torch.cuda.mem_get_info(self.torch_device)
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def manual_seed_all(self, seed: int) -> None:
+        torch.manual_seed(seed)
+        torch.cuda.manual_seed_all(seed)
+
+    def describe(self) -> str:
+        return f"{self.torch_device} ({torch.cuda.get_device_name(self.torch_device)})"
