@@ -1,8 +1,20 @@
 """Turns the logits of the sampled positions into next tokens, one row per sampled request.
 
 Contract: `Sampler()(logits, rows)` with logits float32 [N, V] (raw model output) and one
-`SamplingRow` per logits row; returns one token id per row. Seeded rows draw from their own
-generator, so a seeded request gives the same tokens whatever else is in the batch.
+`SamplingRow` per logits row; returns one token id per row, and `TokenLogprobs` for the rows whose
+params ask for logprobs (None elsewhere).
+
+- Logits go through `process_logits` (logit_bias, min_tokens, penalties, temperature, top_k, top_p,
+  min_p; vLLM 0.6.0 order). Greedy rows take the argmax of the processed logits; the others draw
+  by the exponential race `argmax(probs / q)`, q ~ Exp(1), which picks token i with probability
+  probs[i] and needs no cumulative sums.
+- Seeded rows draw their q from their own generator (`SamplingRow.generator`, owned by the model
+  runner), always V numbers per step, so a seeded request gives the same tokens whatever else is in
+  the batch. Unseeded rows share the global RNG.
+- All-greedy batches with nothing to apply (the common case) are one argmax.
+- Logprobs are `log_softmax` of the RAW logits (before logit_bias, penalties and temperature), so
+  they equal the model's own distribution; rank 1 is the most likely token. (vLLM 0.6.0 reports
+  them after processing instead; ours is a deliberate, documented choice.)
 """
 
 from __future__ import annotations
@@ -12,6 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from npu_serve.sampling_params import SamplingParams
+from npu_serve.worker.logits_processors import is_greedy_row, needs_processing, process_logits
+
+# Rows of log_softmax computed at once by gather_logprobs: bounds the [rows, V] temporaries
+# (256 x 49k vocab x 4 bytes = 50 MB) when a long prompt asks for prompt_logprobs.
+_LOGPROB_CHUNK = 256
 
 
 @dataclass
@@ -24,7 +41,8 @@ class SamplingRow:
 
 @dataclass
 class TokenLogprobs:
-    """Logprobs at one sampled position: the chosen token's, its rank, and the top alternatives."""
+    """Logprobs at one position: the chosen token's, its rank (1 = best), and the top alternatives
+    (most likely first, `params.logprobs` of them)."""
 
     token_id: int
     logprob: float
@@ -41,29 +59,85 @@ class SamplerOutput:
 
 class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != len(rows):
+            raise ValueError(f"logits must be [len(rows)={len(rows)}, V], got {tuple(logits.shape)}")
         logits = logits.float()
-        if all(r.params.is_greedy for r in rows):
-            tokens = logits.argmax(dim=-1).tolist()
-            return SamplerOutput(tokens, [None] * len(rows))
-        tokens = []
-        for i, row in enumerate(rows):
-            tokens.append(self._sample_row(logits[i], row))
-        return SamplerOutput(tokens, [None] * len(rows))
+        if not rows:
+            return SamplerOutput([], [])
+        if needs_processing(rows):
+            token_ids = self._pick(process_logits(logits, rows), rows)
+        else:
+            token_ids = logits.argmax(dim=-1)
+        return SamplerOutput(token_ids.tolist(), self._logprobs(logits, token_ids, rows))
 
     @staticmethod
-    def _sample_row(logits: torch.Tensor, row: SamplingRow) -> int:
-        p = row.params
-        if p.is_greedy:
-            return int(logits.argmax())
-        logits = logits / p.temperature
-        if p.top_k > 0:
-            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, idx = probs.sort(descending=True)
-            cum = sorted_probs.cumsum(0)
-            drop = (cum - sorted_probs) > p.top_p
-            sorted_probs[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter_(0, idx, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=row.generator))
+    def _pick(processed: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        token_ids = processed.argmax(dim=-1)
+        sampled = [i for i, row in enumerate(rows) if not is_greedy_row(row)]
+        if not sampled:
+            return token_ids
+        idx = torch.tensor(sampled, dtype=torch.long, device=processed.device)
+        probs = processed.index_select(0, idx).softmax(dim=-1)
+        q = torch.empty_like(probs)
+        unseeded = [j for j, i in enumerate(sampled) if rows[i].generator is None]
+        if len(unseeded) == len(sampled):
+            q.exponential_()
+        else:
+            if unseeded:
+                un_idx = torch.tensor(unseeded, dtype=torch.long, device=q.device)
+                q.index_copy_(0, un_idx, torch.empty(len(unseeded), q.shape[1], device=q.device).exponential_())
+            for j, i in enumerate(sampled):
+                if rows[i].generator is not None:
+                    q[j].exponential_(generator=rows[i].generator)
+        # q can be exactly 0 in float32; 0/0 would be NaN and argmax picks NaN, i.e. a masked token.
+        q.clamp_(min=torch.finfo(q.dtype).tiny)
+        token_ids.index_copy_(0, idx, (probs / q).argmax(dim=-1))
+        return token_ids
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor, rows: list[SamplingRow]) -> list[TokenLogprobs | None]:
+        out: list[TokenLogprobs | None] = [None] * len(rows)
+        wanted = [i for i, row in enumerate(rows) if row.params.logprobs is not None]
+        if not wanted:
+            return out
+        idx = torch.tensor(wanted, dtype=torch.long, device=logits.device)
+        results = _token_logprobs(
+            logits.index_select(0, idx), token_ids.index_select(0, idx), [rows[i].params.logprobs for i in wanted]
+        )
+        for i, res in zip(wanted, results):
+            out[i] = res
+        return out
+
+
+def gather_logprobs(logits: torch.Tensor, target_ids: torch.Tensor | list[int], num_top: int) -> list[TokenLogprobs]:
+    """Logprobs of `target_ids[m]` under `log_softmax(logits[m])` for every row m of logits [M, V],
+    with its rank and the `num_top` most likely alternatives (for prompt_logprobs: row m holds the
+    logits that predict prompt token m + 1)."""
+    if num_top < 0:
+        raise ValueError(f"num_top must be non-negative, got {num_top}")
+    targets = torch.as_tensor(target_ids, dtype=torch.long, device=logits.device).reshape(-1)
+    if logits.dim() != 2 or targets.shape[0] != logits.shape[0]:
+        raise ValueError(f"logits [M, V] and target_ids [M] disagree: {tuple(logits.shape)} vs {tuple(targets.shape)}")
+    out: list[TokenLogprobs] = []
+    for start in range(0, logits.shape[0], _LOGPROB_CHUNK):
+        stop = start + _LOGPROB_CHUNK
+        out.extend(_token_logprobs(logits[start:stop], targets[start:stop], [num_top] * len(targets[start:stop])))
+    return out
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor, num_tops: list[int]) -> list[TokenLogprobs]:
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    chosen = logprobs.gather(1, targets.unsqueeze(1))
+    ranks = (logprobs > chosen).sum(dim=-1).add_(1)
+    k = min(max(num_tops, default=0), logprobs.shape[-1])
+    if k > 0:
+        top_vals, top_ids = logprobs.topk(k, dim=-1)
+        top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
+    else:
+        top_vals = top_ids = [[] for _ in num_tops]
+    return [
+        TokenLogprobs(int(t), float(c), int(r), ids[:n], vals[:n])
+        for t, c, r, ids, vals, n in zip(
+            targets.tolist(), chosen.squeeze(1).tolist(), ranks.tolist(), top_ids, top_vals, num_tops
+        )
+    ]
