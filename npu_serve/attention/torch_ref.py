@@ -1,0 +1,77 @@
+"""The torch reference backend: plain tensor ops, the CPU path and the oracle for every kernel.
+
+Writes new K/V with `index_copy_` into the flat slot view of the cache, then
+- decodes (the first `num_decodes` requests, one query each) in one batched SDPA over their gathered
+  blocks, padded to the longest context and masked by length;
+- each prefill/chunk with its own SDPA, causal with the offset of the tokens already cached: query i
+  of a chunk that starts at position s attends to keys 0..s+i.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
+
+
+def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    _, num_blocks, block_size, h, d = kv_cache.shape
+    kv_cache[0].view(num_blocks * block_size, h, d).index_copy_(0, slot_mapping, key)
+    kv_cache[1].view(num_blocks * block_size, h, d).index_copy_(0, slot_mapping, value)
+
+
+def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """[length, H, D] of one request's cached keys (or values), in token order."""
+    block_size = cache.shape[1]
+    num = -(-length // block_size)
+    return cache[block_table[:num].long()].flatten(0, 1)[:length]
+
+
+class TorchAttentionBackend(AttentionBackend):
+    name = "torch"
+
+    def forward(self, query, key, value, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        write_kv(kv_cache, key, value, meta.slot_mapping)
+        out = torch.empty_like(query)
+        nd = meta.num_decodes
+        if nd:
+            out[:nd] = self._decode(query[:nd], kv_cache, meta, scale)
+        qsl, seq_lens = meta.query_start_loc_cpu, meta.seq_lens_cpu
+        for i in range(nd, meta.num_reqs):
+            a, b = qsl[i], qsl[i + 1]
+            out[a:b] = self._prefill(query[a:b], kv_cache, meta.block_tables[i], seq_lens[i], scale)
+        return out
+
+    @staticmethod
+    def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+        nd = q.shape[0]
+        lens = meta.seq_lens[:nd]
+        max_len = max(meta.seq_lens_cpu[:nd])
+        block_size = kv_cache.shape[2]
+        tables = meta.block_tables[:nd, : -(-max_len // block_size)].long()
+        # [nd, blocks, block_size, Hkv, D] -> [nd, Hkv, L, D]
+        k = kv_cache[0][tables].flatten(1, 2).transpose(1, 2)
+        v = kv_cache[1][tables].flatten(1, 2).transpose(1, 2)
+        positions = torch.arange(k.shape[2], device=q.device)
+        mask = (positions[None, :] < lens[:, None]).view(nd, 1, 1, -1)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
+        return out.squeeze(2)
+
+    @staticmethod
+    def _prefill(q: torch.Tensor, kv_cache: torch.Tensor, table: torch.Tensor, seq_len: int, scale: float) -> torch.Tensor:
+        n = q.shape[0]
+        k = gather_context(kv_cache[0], table, seq_len).transpose(0, 1).unsqueeze(0)
+        v = gather_context(kv_cache[1], table, seq_len).transpose(0, 1).unsqueeze(0)
+        qh = q.transpose(0, 1).unsqueeze(0)
+        gqa = qh.shape[1] != k.shape[1]
+        if n == seq_len:
+            out = F.scaled_dot_product_attention(qh, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+        else:
+            start = seq_len - n
+            rows = torch.arange(n, device=q.device)[:, None] + start
+            mask = torch.arange(seq_len, device=q.device)[None, :] <= rows
+            out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        return out[0].transpose(0, 1)

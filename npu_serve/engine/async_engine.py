@@ -1,0 +1,154 @@
+"""AsyncEngine: the engine loop on its own thread, asyncio on the outside.
+
+Message-shaped boundary: requests go in through a thread-safe inbox (add / abort), outputs come back
+through one small mailbox per request. A mailbox holds only the latest cumulative snapshot (as
+vLLM's RequestOutputCollector merges deltas), so a slow client gets coarser updates, never an
+unbounded queue. The loop never blocks on the HTTP side; it sleeps only when it has no work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+from typing import AsyncIterator
+
+from npu_serve.config import EngineConfig
+from npu_serve.errors import EngineDeadError, InvalidParameter
+from npu_serve.outputs import RequestOutput
+from npu_serve.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class _Mailbox:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.event = asyncio.Event()
+        self.latest: RequestOutput | BaseException | None = None
+
+    def put(self, item: RequestOutput | BaseException) -> None:  # on the event loop
+        if not isinstance(self.latest, BaseException):  # an error is never overwritten
+            self.latest = item
+        self.event.set()
+
+    async def get(self) -> RequestOutput:
+        await self.event.wait()
+        self.event.clear()
+        item, self.latest = self.latest, None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+class AsyncEngine:
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                 max_model_len: int | None = None, max_num_seqs: int = 128, max_num_batched_tokens: int = 2048,
+                 block_size: int | None = None, num_kv_blocks: int | None = None,
+                 enable_prefix_caching: bool = True, seed: int = 0):
+        from npu_serve.worker.builder import build_engine_core  # torch loads here, not at import
+
+        self.config = EngineConfig(model, device, dtype, max_model_len, max_num_seqs, max_num_batched_tokens,
+                                   block_size, num_kv_blocks, enable_prefix_caching, seed=seed)
+        self.core, self.facts, self.tokenizer = build_engine_core(self.config)
+        self.model_name = self.facts.model_name
+        self.max_model_len = self.facts.max_model_len
+        self.eos_token_ids = self.facts.eos_token_ids
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._lock = threading.Lock()
+        self._stopping = False
+        self.dead_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="npu-serve-engine", daemon=True)
+        self._thread.start()
+
+    # -- public API ---------------------------------------------------------------------------------
+    @property
+    def is_healthy(self) -> bool:
+        return self.dead_error is None and self._thread.is_alive()
+
+    def kv_cache_usage(self) -> tuple[int, int]:
+        kv = self.core.scheduler.kv
+        return kv.num_used_blocks(), kv.pool.num_usable_blocks
+
+    async def generate(self, prompt: str | list[int], sampling_params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        if not self.is_healthy:
+            raise EngineDeadError(f"the engine loop is not running: {self.dead_error!r}")
+        request_id = request_id or uuid.uuid4().hex
+        parent = self.core.make_parent(request_id, prompt, sampling_params)
+        box = _Mailbox(asyncio.get_running_loop())
+        with self._lock:
+            if request_id in self._mailboxes:
+                raise InvalidParameter("request_id", f"request id {request_id!r} is already in use")
+            self._mailboxes[request_id] = box
+        self._inbox.put(("add", parent))
+        finished = False
+        try:
+            while not finished:
+                out = await box.get()
+                finished = out.finished
+                yield out
+        finally:
+            with self._lock:
+                self._mailboxes.pop(request_id, None)
+            if not finished:  # the consumer went away (disconnect, cancel, break): free everything
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+
+    async def shutdown(self) -> None:
+        self._stopping = True
+        self._inbox.put(("stop", None))
+        await asyncio.to_thread(self._thread.join, 30)
+
+    # -- the loop (engine thread) -------------------------------------------------------------------
+    def _run(self) -> None:
+        core = self.core
+        try:
+            while not self._stopping:
+                self._drain_inbox(block=not core.has_unfinished)
+                if self._stopping:
+                    break
+                if core.has_unfinished:
+                    self._publish(core.step())
+        except BaseException as exc:  # the loop itself broke: nothing can make progress any more
+            logger.exception("engine loop died")
+            self.dead_error = exc
+            with self._lock:
+                boxes = list(self._mailboxes.values())
+            for box in boxes:
+                box.loop.call_soon_threadsafe(box.put, EngineDeadError(f"engine loop died: {exc!r}"))
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, payload = item
+            if kind == "add":
+                self.core.add(payload)
+            elif kind == "abort":
+                out = self.core.abort(payload)
+                if out is not None:
+                    self._publish([out])
+            elif kind == "stop":
+                self._stopping = True
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _publish(self, outputs: list[RequestOutput]) -> None:
+        with self._lock:
+            targets = [(self._mailboxes.get(o.request_id), o) for o in outputs]
+        for box, out in targets:
+            if box is not None:
+                try:
+                    box.loop.call_soon_threadsafe(box.put, out)
+                except RuntimeError:  # that event loop is closed: nobody is listening any more
+                    pass

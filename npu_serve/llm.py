@@ -1,0 +1,66 @@
+"""LLM: the offline API (vLLM's names). Runs the engine loop on the caller's thread until every
+prompt is done, and returns one RequestOutput per prompt, in order."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from npu_serve.config import EngineConfig
+from npu_serve.outputs import RequestOutput
+from npu_serve.sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
+                 max_model_len: int | None = None, max_num_seqs: int = 128, max_num_batched_tokens: int = 2048,
+                 block_size: int | None = None, num_kv_blocks: int | None = None,
+                 enable_prefix_caching: bool = True, seed: int = 0):
+        from npu_serve.worker.builder import build_engine_core
+
+        self.config = EngineConfig(model, device, dtype, max_model_len, max_num_seqs, max_num_batched_tokens,
+                                   block_size, num_kv_blocks, enable_prefix_caching, seed=seed)
+        self.engine, self.facts, self.tokenizer = build_engine_core(self.config)
+        self._counter = 0
+
+    def generate(self, prompts: str | list[int] | Sequence[str | list[int]],
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:
+        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            params = [sampling_params] * len(prompts)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(prompts):
+                raise ValueError(f"got {len(params)} sampling params for {len(prompts)} prompts")
+        # Validate everything before queueing anything, so a bad prompt refuses the whole call cleanly.
+        parents = []
+        for prompt, p in zip(prompts, params):
+            parents.append(self.engine.make_parent(str(self._counter), prompt, p))
+            self._counter += 1
+        for parent in parents:
+            self.engine.add(parent)
+        done: dict[str, RequestOutput] = {}
+        while self.engine.has_unfinished:
+            for out in self.engine.step(want_snapshots=False):
+                done[out.request_id] = out
+        return [done[p.request_id] for p in parents]
+
+    def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             chat_template: str | None = None, add_generation_prompt: bool = True) -> list[RequestOutput]:
+        """`messages`: one conversation (a list of {"role", "content"}) or a list of conversations."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [self.apply_chat_template(c, chat_template, add_generation_prompt) for c in conversations]
+        return self.generate(prompts, sampling_params)
+
+    def apply_chat_template(self, conversation, chat_template: str | None = None,
+                            add_generation_prompt: bool = True) -> list[int]:
+        text = self.tokenizer.apply_chat_template(conversation, chat_template=chat_template, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt)
+        # The template already holds the special tokens it wants (BOS, <|im_start|>...).
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def get_tokenizer(self):
+        return self.tokenizer
