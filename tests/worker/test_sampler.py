@@ -114,6 +114,27 @@ def test_truncation_matches_transformers_warpers():
         assert_same_logits(got[i], reference_warpers(logits[i], r))
 
 
+def test_top_p_beyond_the_first_candidates_and_top_k_ties_match_transformers():
+    vocab = 5000  # larger than the 256 top_p candidates tried first
+    gen = torch.Generator().manual_seed(11)
+    logits = torch.randn(4, vocab, generator=gen) * torch.tensor([[0.1], [6.0], [1.0], [0.5]])
+    logits[3, :10] = logits[3].max() + 1.0  # ten tokens tied for first place
+    rows = [
+        row(temperature=1.0, top_p=0.9),  # flat: the nucleus holds thousands of tokens
+        row(temperature=1.0, top_p=0.5),  # peaked: a few tokens
+        row(temperature=0.8, top_k=600, top_p=0.97),
+        row(temperature=1.0, top_k=3),  # ties at the k-th are all kept
+    ]
+    got = process_logits(logits, rows)
+    for i, r in enumerate(rows):
+        assert_same_logits(got[i], reference_warpers(logits[i], r))
+    kept = torch.isfinite(got).sum(-1).tolist()
+    assert kept[0] > 2000 and kept[1] < 256 and kept[3] == 10
+    # A row without top_p next to a peaked top_p row (only 256 candidates looked at) keeps everything.
+    mixed = process_logits(logits[:2].flip(0), [rows[1], row(temperature=1.0)])
+    assert torch.isfinite(mixed[1]).all()
+
+
 def test_full_chain_matches_reference_and_batching_does_not_change_rows():
     gen = torch.Generator().manual_seed(2)
     prompt, output = rand_ids(gen, 20), rand_ids(gen, 20)
