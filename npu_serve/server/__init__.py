@@ -1,1 +1,5 @@
-"""HTTP side of npu-serve: the Starlette app, protocol, auth, moderation and streaming."""
+"""The MaaS / vLLM-0.6.0-compatible HTTP server. `build_app` lives in `npu_serve.server.app`.
+
+Nothing is imported here on purpose: `npu-serve keys ...` and the unit tests import single
+modules of this package without pulling in the engine (and torch).
+"""

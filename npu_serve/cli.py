@@ -1,0 +1,112 @@
+"""`npu-serve serve | keys`: the command line.
+
+Nothing here imports torch at module import: `serve` first applies the OpenMP settings
+(`runtime_env.apply`), which libgomp reads only once, when torch loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _add_serve_parser(subparsers) -> None:
+    p = subparsers.add_parser("serve", help="serve a model over the MaaS / OpenAI-compatible HTTP API")
+    p.add_argument("--model", default=None, help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", default=None, help="the name clients send as `model`")
+    p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu")
+    p.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--chat-template", default=None, metavar="FILE", help="a Jinja chat template file to use instead of the model's")
+    p.add_argument("--reasoning-parser", choices=["deepseek_r1", "qwen3"], default=None,
+                   help="split <think>...</think> output into reasoning_content")
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--block-size", type=int, default=None)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: torch's choice)")
+    p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default=None)
+    sec = p.add_argument_group("API keys and moderation")
+    sec.add_argument("--keys-db", default=None, metavar="PATH", help="SQLite key store (see `npu-serve keys`)")
+    sec.add_argument("--api-key", action="append", default=[], metavar="KEY", help="accept this key (repeatable)")
+    sec.add_argument("--moderation-words", default=None, metavar="FILE", help="one sensitive term per line")
+    sec.add_argument("--no-moderation", action="store_true", help="turn content moderation off")
+    sec.add_argument("--moderation-hook", default=None, metavar="MODULE:FUNCTION")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from npu_serve import runtime_env
+
+    runtime_env.apply(args.threads, args.omp_wait_policy)  # before anything imports torch
+
+    import uvicorn
+
+    from npu_serve.server.app import build_app
+    from npu_serve.server.config import ServerConfig
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    chat_template = None
+    if args.chat_template:
+        with open(args.chat_template, encoding="utf-8") as f:
+            chat_template = f.read()
+    config = ServerConfig(
+        served_model_name=args.served_model_name, chat_template=chat_template,
+        reasoning_parser=args.reasoning_parser, keys_db=args.keys_db, api_keys=tuple(args.api_key),
+        moderation=not args.no_moderation, moderation_words=args.moderation_words,
+        moderation_hook=args.moderation_hook)
+
+    def engine_factory():
+        from npu_serve import AsyncEngine
+
+        return AsyncEngine(model=args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
+                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                           block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
+                           enable_prefix_caching=not args.no_prefix_caching)
+
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    app = build_app(engine_factory, config, on_fatal=on_fatal)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+    print(f"npu-serve: listening on http://{args.host}:{args.port} (GET /health turns 200 once the model is ready)",
+          flush=True)
+    server.run()
+    if fatal:
+        print(f"npu-serve: the model failed to load: {fatal[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npu-serve", description="LLM serving with a MaaS-compatible API")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_serve_parser(subparsers)
+    try:
+        from npu_serve.server.keys_cli import add_keys_parser
+    except ImportError:  # the key store is optional until it lands
+        pass
+    else:
+        add_keys_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""build_app: the Starlette application, its routes, and the lifespan that owns the engine.
+
+The engine loads in the background after the socket is open, so `/health` can answer 503 while
+the model loads and warms up (orchestrators poll it); every model route answers 503 until then.
+A load failure is reported on `/health` and handed to `on_fatal` (the CLI stops uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from npu_serve.server.chat import create_chat_completion
+from npu_serve.server.completions import create_completion
+from npu_serve.server.config import ServerConfig
+from npu_serve.server.errors import EXCEPTION_HANDLERS
+from npu_serve.server.models import list_models
+from npu_serve.server.serving import ServerState, server_state
+
+logger = logging.getLogger(__name__)
+
+EngineOrFactory = Any  # an AsyncEngine, or a zero-argument callable that builds one (blocking)
+
+
+async def health(request: Request) -> Response:
+    state = server_state(request)
+    if state.load_error is not None:
+        return JSONResponse({"status": "error", "message": state.load_error}, status_code=503)
+    if not state.ready:
+        return JSONResponse({"status": "loading"}, status_code=503)
+    if not state.engine.is_healthy:
+        return JSONResponse({"status": "error", "message": "the engine loop has stopped"}, status_code=503)
+    return Response(status_code=200)
+
+
+async def version(request: Request) -> JSONResponse:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as pkg_version
+
+    try:
+        v = pkg_version("npu-serve")
+    except PackageNotFoundError:
+        v = "0.0.0+local"
+    return JSONResponse({"version": v})
+
+
+def _routes() -> list[Route]:
+    api = [
+        ("/v1/models", list_models, ["GET"]),
+        ("/v1/chat/completions", create_chat_completion, ["POST"]),
+        ("/v1/completions", create_completion, ["POST"]),
+    ]
+    routes = [Route("/health", health, methods=["GET"]), Route("/version", version, methods=["GET"])]
+    for path, endpoint, methods in api:
+        routes.append(Route(path, endpoint, methods=methods))
+        # MaaS's per-service prefix: base_url = https://HOST/v1/infers/<service-uuid>/v1
+        routes.append(Route("/v1/infers/{service_id}" + path, endpoint, methods=methods))
+    return routes
+
+
+async def _warm_up(engine: Any) -> None:
+    """One short greedy request so lazy initialisation happens before the first client."""
+    from npu_serve.sampling_params import SamplingParams
+
+    ids = list(engine.tokenizer.encode("Hello", add_special_tokens=False)) or [0]
+    async for _ in engine.generate(ids, SamplingParams(temperature=0.0, max_tokens=2), "warmup"):
+        pass
+
+
+async def _load(state: ServerState, engine_or_factory: EngineOrFactory, on_fatal: Callable[[str], None] | None):
+    try:
+        if callable(engine_or_factory) and not hasattr(engine_or_factory, "generate"):
+            state.engine = await asyncio.to_thread(engine_or_factory)
+        else:
+            state.engine = engine_or_factory
+        state.model_name = state.config.served_model_name or state.engine.model_name
+        if state.config.warmup:
+            await _warm_up(state.engine)
+        state.ready = True
+        logger.info("serving %s (max_model_len %d)", state.model_name, state.engine.max_model_len)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported on /health and to on_fatal
+        logger.exception("the model failed to load")
+        state.load_error = f"{type(e).__name__}: {e}"
+        if on_fatal is not None:
+            on_fatal(state.load_error)
+
+
+def _security(app: Starlette, state: ServerState) -> None:
+    """API keys and moderation (issue 5's modules), imported only when configured."""
+    cfg = state.config
+    if cfg.keys_db or cfg.api_keys:
+        from npu_serve.server.auth import ApiKeyAuthMiddleware
+        from npu_serve.server.keys import KeyVerifier
+
+        verifier = KeyVerifier.from_config(cfg.keys_db, list(cfg.api_keys))
+        if verifier is not None:
+            app.add_middleware(ApiKeyAuthMiddleware, verifier=verifier)
+        else:
+            logger.warning("auth is off: no API keys configured")
+    else:
+        logger.warning("auth is off: no --keys-db or --api-key given; every client is served")
+    if cfg.moderation:
+        try:
+            from npu_serve.server.moderation import Moderator
+        except ImportError:
+            if cfg.moderation_words or cfg.moderation_hook:
+                raise
+            logger.warning("moderation is off: npu_serve.server.moderation is not available")
+            return
+        state.moderator = Moderator.from_config(cfg.moderation_words, cfg.moderation_hook, enabled=True)
+    if state.moderator is None:
+        logger.warning("moderation is off")
+
+
+def build_app(engine: EngineOrFactory, config: ServerConfig | None = None,
+              on_fatal: Callable[[str], None] | None = None) -> Starlette:
+    """The whole HTTP API over one engine.
+
+    `engine` is either an AsyncEngine (the caller owns it; it is not shut down here) or a
+    zero-argument factory that builds one (blocking; run in a thread; the lifespan shuts it down).
+    """
+    state = ServerState(config=config or ServerConfig())
+    owns_engine = callable(engine) and not hasattr(engine, "generate")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        loader = asyncio.create_task(_load(state, engine, on_fatal))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(BaseException):
+                await loader
+            if owns_engine and state.engine is not None:
+                await state.engine.shutdown()
+
+    app = Starlette(routes=_routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app.state.server = state
+    _security(app, state)
+    return app
