@@ -61,7 +61,13 @@ class OutputProcessor:
         if logprobs is not None:
             parent.cumulative_logprob[i] += logprobs.logprob
             parent.logprobs[i].append(self._logprob_dict(logprobs))
-        return parent.detoks[i].update(req.output_token_ids[-1:])
+        token = req.output_token_ids[-1]
+        if req.is_finished and req.stop_reason is None or req.stop_reason == token:
+            # EOS or a stop token ended it: as vLLM, its text is never part of the output (it only
+            # shows at all with skip_special_tokens=False) unless include_stop_str_in_output.
+            if not parent.params.include_stop_str_in_output and req.finish_reason == FinishReason.STOP:
+                return None
+        return parent.detoks[i].update([token])
 
     def _logprob_dict(self, lp: TokenLogprobs) -> dict[int, Logprob]:
         decode = self.tokenizer.convert_ids_to_tokens
