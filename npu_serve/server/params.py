@@ -18,7 +18,7 @@ _LOGIT_BIAS_LIMIT = 100.0  # OpenAI's (and vLLM's) clamp
 def check_request(req: _SamplingFields) -> None:
     """Rules that do not depend on the prompt. Raises InvalidParameter naming the field."""
     if req.stream_options is not None and not req.stream:
-        raise InvalidParameter("stream_options", "Stream options can only be defined when `stream=True`.")
+        raise InvalidParameter("stream_options", "`stream_options` can only be defined when `stream=True`.")
     for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
         if getattr(req, name) is not None:
             raise InvalidParameter(name, f"{name} (guided decoding) is not supported by this server.")
