@@ -1,0 +1,86 @@
+"""The offline API's contract: names, ordering, refusals, stop handling, n > 1 fan-out."""
+
+from __future__ import annotations
+
+import pytest
+
+from npu_serve import LLM, SamplingParams
+from npu_serve.errors import InvalidParameter, PromptTooLong
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llama_dir):
+    return LLM(str(tiny_llama_dir), device="cpu", dtype="float32", max_model_len=256)
+
+
+def test_outputs_in_order_with_per_prompt_params(llm):
+    prompts = ["Hello there", [5, 6, 7, 8], "Another prompt"]
+    params = [SamplingParams(temperature=0, max_tokens=k, ignore_eos=True) for k in (3, 5, 7)]
+    outs = llm.generate(prompts, params)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [3, 5, 7]
+    assert outs[1].prompt_token_ids == [5, 6, 7, 8]
+    assert all(o.finished and o.outputs[0].finish_reason == "length" for o in outs)
+    assert outs[0].outputs[0].text == llm.tokenizer.decode(outs[0].outputs[0].token_ids, skip_special_tokens=True)
+
+
+def test_prompt_longer_than_max_model_len_is_refused(llm):
+    with pytest.raises(PromptTooLong) as err:
+        llm.generate([list(range(10, 10 + 300))], SamplingParams(max_tokens=4))
+    assert "maximum context length is 256" in str(err.value)
+    assert llm.engine.scheduler.kv.num_used_blocks() == 0 and not llm.engine.has_unfinished
+
+
+def test_generation_stops_at_the_context_limit(llm):
+    out = llm.generate([list(range(10, 10 + 250))], SamplingParams(temperature=0, max_tokens=None, ignore_eos=True))[0]
+    assert len(out.outputs[0].token_ids) == 6 and out.outputs[0].finish_reason == "length"
+
+
+def test_stop_string_truncates_and_names_the_reason(llm):
+    base = llm.generate(["The cache"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0].outputs[0]
+    assert len(base.text) > 4
+    stop = base.text[2:5]
+    out = llm.generate(["The cache"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop=[stop]))[0]
+    assert out.outputs[0].text == base.text[: base.text.index(stop)]
+    assert out.outputs[0].finish_reason == "stop" and out.outputs[0].stop_reason == stop
+
+
+def test_stop_token_ids(llm):
+    base = llm.generate(["abc"], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))[0].outputs[0]
+    target = base.token_ids[3]
+    out = llm.generate(["abc"], SamplingParams(temperature=0, max_tokens=8, stop_token_ids=[target]))[0].outputs[0]
+    assert out.token_ids == base.token_ids[: base.token_ids.index(target) + 1]
+    assert out.finish_reason == "stop" and out.stop_reason == target
+
+
+def test_n_outputs_share_prompt_blocks(llm):
+    prompt = list(range(100, 100 + 64))  # 4 full blocks of 16
+    before = llm.engine.scheduler.num_prefix_hit_tokens
+    out = llm.generate([prompt], SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=6, ignore_eos=True))[0]
+    assert len(out.outputs) == 4 and [o.index for o in out.outputs] == [0, 1, 2, 3]
+    assert len({tuple(o.token_ids) for o in out.outputs}) > 1
+    # children 2..4 reuse the first one's full prompt blocks (63 of 64 tokens may hit: 3 blocks)
+    assert llm.engine.scheduler.num_prefix_hit_tokens - before == 3 * 48
+    assert llm.engine.scheduler.kv.num_used_blocks() == 0
+
+
+def test_seeded_sampling_is_reproducible(llm):
+    p = SamplingParams(temperature=1.0, seed=123, max_tokens=10, ignore_eos=True)
+    a = llm.generate(["seeded"], p)[0].outputs[0].token_ids
+    b = llm.generate(["seeded", "other", "more"], [p, SamplingParams(temperature=1.0, max_tokens=10),
+                                                   SamplingParams(temperature=0.7, max_tokens=3)])[0].outputs[0].token_ids
+    assert a == b
+
+
+def test_chat_applies_the_template(llm):
+    out = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=2))[0]
+    text = llm.tokenizer.decode(out.prompt_token_ids)
+    assert text.startswith("<|im_start|>system") and text.endswith("<|im_start|>assistant\n")
+
+
+def test_bad_params_are_refused_with_the_parameter_named():
+    with pytest.raises(InvalidParameter) as err:
+        SamplingParams(n=2, temperature=0)
+    assert err.value.param == "n"
+    with pytest.raises(InvalidParameter) as err:
+        SamplingParams(presence_penalty=2.5)
+    assert err.value.param == "presence_penalty"
