@@ -160,3 +160,21 @@ def test_health_and_version(tiny_server):
 
     assert requests.get(tiny_server.url + "/health").status_code == 200
     assert "version" in requests.get(tiny_server.url + "/version").json()
+
+
+def test_openai_sdk_raises_on_the_in_band_error(tiny_server):
+    import openai
+
+    client = openai.OpenAI(api_key="unused", base_url=tiny_server.url + "/v1")
+    core = tiny_server.engine.core
+    real = core.executor
+    core.executor = FailingExecutor(real)
+    try:
+        stream = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=50, temperature=0,
+                                                stream=True)
+        with pytest.raises(openai.APIError, match="injected device fault"):
+            for _ in stream:
+                pass
+    finally:
+        core.executor = real
+    assert tiny_server.wait_kv_free()[0] == 0
