@@ -146,7 +146,7 @@ class ChatStreamBuilder(_StreamBuilder):
             if new_lps is not None:
                 logprobs = lp.chat_logprobs(new_ids, new_lps, self.s.logprobs_top, self.s.tokenizer)
             if self.blocked:
-                chunks.extend(self._content_filter_ends(split))
+                chunks.extend(self._content_filter_ends(out.index, split))
                 break
             delta = DeltaMessage()
             if split.reasoning:
@@ -164,13 +164,16 @@ class ChatStreamBuilder(_StreamBuilder):
             chunks.append(self._chunk([choice], **self._usage_for(len(out.token_ids))).model_dump_json(exclude_unset=True))
         return chunks
 
-    def _content_filter_ends(self, safe: Split) -> list[str]:
-        """Moderation hit: every open choice ends now with finish_reason content_filter."""
+    def _content_filter_ends(self, blocked_index: int, safe: Split) -> list[str]:
+        """Moderation hit: every open choice ends now with finish_reason content_filter; the blocked
+        one still gets the clean text that came before the term."""
         chunks = []
         for i in self.unfinished():
             c = self._choices[i]
             c.finished = True
-            delta = DeltaMessage(content="")
+            delta = DeltaMessage(content=safe.content if i == blocked_index else "")
+            if i == blocked_index and safe.reasoning:
+                delta.reasoning_content = safe.reasoning
             choice = ChatStreamChoice(index=i, delta=delta, logprobs=None, finish_reason=CONTENT_FILTER, stop_reason=None)
             chunks.append(self._chunk([choice], **self._usage_for(c.num_tokens)).model_dump_json(exclude_unset=True))
         return chunks
@@ -203,8 +206,8 @@ class CompletionStreamBuilder(_StreamBuilder):
             if self.blocked:
                 for i in self.unfinished():
                     self._choices[i].finished = True
-                    choice = CompletionStreamChoice(index=i, text="", logprobs=None, finish_reason=CONTENT_FILTER,
-                                                    stop_reason=None)
+                    choice = CompletionStreamChoice(index=i, text=text if i == out.index else "", logprobs=None,
+                                                    finish_reason=CONTENT_FILTER, stop_reason=None)
                     chunks.append(self._chunk([choice], **self._usage_for(self._choices[i].num_tokens))
                                   .model_dump_json(exclude_unset=True))
                 break
