@@ -23,10 +23,6 @@ MSGS = [{"role": "user", "content": "Tell me about the weather."}]
 INPUT_TERMS = ["forbidden topic", "机密"]
 CLEAN_TERM = "a-term-the-model-never-writes"  # long, so the hold-back is long too
 
-# chunks.py drops the safe text that StreamFilter.feed returns together with blocked=True, so up to
-# one delta plus longest_term-1 characters of clean text before the term never reach the client.
-# Not a leak (nothing of the term is sent), but less than MaaS sends. Remove the marker once fixed.
-DROPS_SAFE_TEXT = pytest.mark.xfail(strict=True, reason="server discards the text before the match on block")
 
 
 def completion_body(**kw):
@@ -187,7 +183,6 @@ def test_chat_stream_cut_with_content_filter_usage_then_done(moderated, probe, t
     assert server.wait_kv_free()[0] == 0
 
 
-@DROPS_SAFE_TEXT
 @pytest.mark.parametrize("span", [2, 5])
 def test_all_text_before_the_term_is_sent(moderated, probe, terms, span):
     term = terms[0][span]
@@ -196,7 +191,6 @@ def test_all_text_before_the_term_is_sent(moderated, probe, terms, span):
     assert completion_text(events) == full[:full.lower().index(term.lower())]
 
 
-@DROPS_SAFE_TEXT
 def test_all_chat_text_before_the_term_is_sent(moderated, probe, terms):
     full = "".join(probe[1])
     events = stream_events(moderated(terms[1]), CHAT, chat_body(stream=True))
