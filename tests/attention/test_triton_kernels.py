@@ -21,6 +21,7 @@ SHAPES = [
     (torch.bfloat16, 16, 128, 4, 1),
     (torch.bfloat16, 128, 64, 2, 2),
     (torch.float32, 16, 16, 4, 2),  # the tiny test models' head_dim (padded to the 16-wide dot)
+    (torch.float32, 16, 64, 9, 3),  # SmolLM2-135M's heads: 3 query heads per KV head, none a power of 2
 ]
 
 
