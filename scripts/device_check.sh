@@ -68,15 +68,20 @@ echo "|------|--------|---------|--------|"
 failed=0
 for i in "${!NAMES[@]}"; do
     log="${LOGFILES[$i]}"
-    # pytest's summary line; bench_offline's own table rows (lines starting with '|') follow below
     detail="$(grep -E '(passed|failed|error).* in [0-9.]+s' "$log" | tail -n 1 | tr -d '=' | sed 's/^ *//')"
-    grep -qE '^\|' "$log" && detail="${detail:-rows below}"
-    echo "| ${NAMES[$i]} | ${STATUS[$i]} | ${SECONDS_TAKEN[$i]} | ${detail:-see $log} |"
+    echo "| ${NAMES[$i]} | ${STATUS[$i]} | ${SECONDS_TAKEN[$i]} | ${detail:-log $log} |"
     [[ "${STATUS[$i]}" == PASS ]] || failed=1
-done
-for i in "${!NAMES[@]}"; do
-    rows="$(grep -E '^\|' "${LOGFILES[$i]}" | grep -vE '^\|[- |]+\|$' || true)"
-    [[ -n "$rows" ]] && { echo; echo "${NAMES[$i]}:"; echo "$rows"; }
+    # bench_offline.py prints "system tokens seconds tok/s" rows after a header starting with
+    # "system", then "npu-serve / <baseline>: <ratio>x" lines: fold both into this table.
+    awk -v step="${NAMES[$i]}" '
+        /^system +tokens/ { in_table = 1; next }
+        in_table && NF >= 4 && $(NF) ~ /^[0-9.]+$/ {
+            name = $0; sub(/ +[0-9]+ +[0-9.]+ +[0-9.]+ *$/, "", name)
+            printf "| %s: %s | | %s | %s tok/s (%s tokens) |\n", step, name, $(NF-1), $(NF), $(NF-2); next }
+        /^npu-serve \/ / { in_table = 0; r = $0; sub(/^npu-serve \/ /, "", r)
+            n = split(r, parts, ": "); ratio = parts[n]; base = substr(r, 1, length(r) - length(ratio) - 2)
+            printf "| %s: npu-serve / %s | | | %s |\n", step, base, ratio }
+    ' "$log"
 done
 echo
 echo "logs: $LOGS"
