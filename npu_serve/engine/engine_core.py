@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from npu_serve.engine.beam_search import BeamGroup, BeamSearch, beam_stop_ids
 from npu_serve.engine.detokenizer import IncrementalDetokenizer
 from npu_serve.engine.output_processor import OutputProcessor, ParentState, child_id
 from npu_serve.engine.request import Request
@@ -50,30 +51,43 @@ class EngineCore:
             raise InvalidParameter("prompt", "the prompt is empty")
         if len(token_ids) > self.max_model_len:
             raise PromptTooLong(self.max_model_len, len(token_ids), params.max_tokens or 0, param="prompt")
-        if params.use_beam_search:
-            raise InvalidParameter("use_beam_search", "beam search is not supported yet")
-        if params.best_of != params.n:
-            raise InvalidParameter("best_of", "best_of different from n is not supported yet")
         params.all_stop_token_ids = set(self.eos_token_ids) | set(params.stop_token_ids)
+        if params.use_beam_search:
+            leader = Request(child_id(request_id, 0), token_ids, params, self.eos_token_ids, parent_id=request_id)
+            max_new = self.max_model_len - len(token_ids)
+            if params.max_tokens is not None:
+                max_new = min(max_new, params.max_tokens)
+            search = BeamSearch(params.best_of, params.length_penalty, params.early_stopping, max(1, max_new),
+                                beam_stop_ids(params, self.eos_token_ids), params.min_tokens)
+            beam = BeamGroup(request_id, leader, search, params.n)
+            return ParentState(request_id, text, token_ids, params, [], [], beam=beam)
+        # best_of sequences are generated (n of them returned); child i draws with seed + i.
         children = [
             Request(child_id(request_id, i), token_ids, params, self.eos_token_ids, output_index=i, parent_id=request_id)
-            for i in range(params.n)
+            for i in range(params.best_of)
         ]
         detoks = [IncrementalDetokenizer(self.tokenizer, token_ids, params) for _ in children]
         return ParentState(request_id, text, token_ids, params, children, detoks)
 
     def add(self, parent: ParentState) -> None:
         self.outputs.add(parent)
-        for child in parent.children:
-            self.scheduler.add_request(child)
+        if parent.beam is not None:
+            self.scheduler.add_beam_group(parent.beam)
+        else:  # the first child computes the prompt once; the others fork from it (scheduler.py)
+            self.scheduler.add_request(parent.children[0], parent.children[1:])
 
     def abort(self, request_id: str) -> RequestOutput | None:
         parent = self.outputs.parents.get(request_id)
         if parent is None:
             return None
-        for child in parent.children:
-            self.scheduler.finish_request(child.request_id, FinishReason.ABORT)
+        self._end(parent, FinishReason.ABORT)
         return self.outputs.snapshot(parent)
+
+    def _end(self, parent: ParentState, reason: FinishReason) -> None:
+        if parent.beam is not None and not parent.finished:
+            parent.ended = reason
+        for req in parent.live_requests():
+            self.scheduler.finish_request(req.request_id, reason)
 
     @property
     def has_unfinished(self) -> bool:
@@ -92,8 +106,20 @@ class EngineCore:
         except Exception as exc:  # a failed forward fails the requests in it, not the server
             logger.exception("engine step failed")
             return self._fail(so, f"{type(exc).__name__}: {exc}")
-        progressed = self.scheduler.update(so, result.sampled)
+        progressed = self.scheduler.update(so, result.sampled, result.beam_candidates)
         touched: dict[str, ParentState] = {}
+        for s in so.scheduled:
+            if s.request.request_id not in result.prompt_logprobs:
+                continue
+            start, logprobs = result.prompt_logprobs[s.request.request_id]
+            parent = self.outputs.parents.get(s.request.parent_id)
+            if parent is not None:
+                self.outputs.on_prompt_logprobs(parent, start, logprobs)
+        for group in self.scheduler.finished_beam_groups:
+            parent = self.outputs.parents.get(group.request_id)
+            if parent is not None:
+                touched[parent.request_id] = parent
+        self.scheduler.finished_beam_groups.clear()
         for req in progressed:
             parent = self.outputs.parents.get(req.parent_id)
             if parent is None:
@@ -115,7 +141,6 @@ class EngineCore:
         out = []
         for parent in parents.values():
             parent.error = message
-            for child in parent.children:
-                self.scheduler.finish_request(child.request_id, FinishReason.ERROR)
+            self._end(parent, FinishReason.ERROR)
             out.append(self.outputs.snapshot(parent))
         return out

@@ -2,6 +2,12 @@
 
 Ids and counts only; the tensors live in worker/kv_cache.py. A request's blocks cover its tokens in
 order: token i lives in block `blocks[i // block_size]` at offset `i % block_size`.
+
+Sharing: `fork(parent, child)` gives the child the parent's whole block table by reference (one
+more ref per block), as n > 1 outputs and beam search need. Full blocks are never written again,
+so sharing them is free. A shared *partial* last block is copied on write: before a request
+appends into a block whose ref_cnt > 1, it gets a fresh block and a (src, dst) copy is queued
+(`take_copies()`), which the worker applies to every layer's KV tensor before the next forward.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
         self._blocks: dict[str, list[Block]] = {}
         self._num_cached: dict[str, int] = {}  # how many of a request's blocks are registered
+        self._copies: list[tuple[int, int]] = []  # copy-on-write (src, dst) block pairs, not yet applied
 
     @property
     def capacity_tokens(self) -> int:
@@ -64,12 +71,20 @@ class KVCacheManager:
         held = self._blocks.setdefault(req.request_id, [])
         num_computed = req.num_computed_tokens + len(computed) * bs
         need = cdiv(num_computed + num_new_tokens, bs) - len(held) - len(computed)
+        # The next token goes into a partial block still shared with a fork: copy it first.
+        cow = num_new_tokens > 0 and num_computed % bs != 0 and held[num_computed // bs].ref_cnt > 1
         # Hits whose ref count is 0 sit in the free queue: taking them shrinks what is free.
         revived = sum(1 for b in computed if b.ref_cnt == 0)
-        if need + revived > self.pool.num_free_blocks:
+        if need + cow + revived > self.pool.num_free_blocks:
             if not held:
                 del self._blocks[req.request_id]
             return False
+        if cow:
+            i = num_computed // bs
+            (fresh,) = self.pool.get_new_blocks(1)
+            self._copies.append((held[i].block_id, fresh.block_id))
+            self.pool.free_blocks([held[i]])  # still held by the other fork(s)
+            held[i] = fresh
         self.pool.touch(list(computed))
         held.extend(computed)
         if need > 0:
@@ -84,6 +99,21 @@ class KVCacheManager:
                 self.pool.cache_full_block(held[i], req.block_hashes[i])
             self._num_cached[req.request_id] = max(start, num_full)
         return True
+
+    def fork(self, parent: Request, child: Request) -> None:
+        """Share every block of `parent` with `child` (which must hold none): one more ref each."""
+        if self._blocks.get(child.request_id):
+            raise RuntimeError(f"fork target {child.request_id!r} already holds blocks")
+        blocks = list(self._blocks.get(parent.request_id, ()))
+        self.pool.touch(blocks)
+        self._blocks[child.request_id] = blocks
+        self._num_cached[child.request_id] = self._num_cached.get(parent.request_id, 0)
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """The copy-on-write (src, dst) pairs queued since the last call; the worker must apply them
+        before the forward that writes into dst."""
+        copies, self._copies = self._copies, []
+        return copies
 
     def free(self, req: Request) -> None:
         """Release every block the request holds (tail first, so its prefix is evicted last)."""

@@ -5,6 +5,12 @@ prompt chunk needs the rest of its prompt, capped by the budget), then waiting r
 order, their prompts chunked to fit. A prefix-cache hit simply starts a request with more tokens
 computed. When blocks run out, the newest running request is preempted: its blocks are freed and it
 goes back to the front of the queue to be recomputed later (its prefix is usually still cached).
+
+Groups: the n (best_of) sequences of one sampling request prefill their prompt once. The first
+child leads; the others wait as its followers, and in the step that samples the leader's first
+token they sample theirs from the same logits and are forked from it (shared blocks, see
+KVCacheManager.fork). Beam search groups (engine/beam_search.py) fork and drop beams every step;
+a beam that has its candidates waits, parked (nothing to compute), until its siblings have theirs.
 """
 
 from __future__ import annotations
@@ -12,9 +18,14 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
 from npu_serve.engine.kv_cache_manager import KVCacheManager
 from npu_serve.engine.request import Request, RequestStatus
 from npu_serve.outputs import FinishReason
+
+if TYPE_CHECKING:
+    from npu_serve.engine.beam_search import BeamGroup
 
 
 @dataclass
@@ -24,6 +35,8 @@ class ScheduledRequest:
     num_new_tokens: int
     block_ids: list[int]
     sample: bool  # after this chunk every known token is computed, so one new token is sampled
+    # Followers that sample their first token from this (leader's) last prompt position, then fork.
+    fork_children: list[Request] = field(default_factory=list)
 
 
 @dataclass
@@ -33,6 +46,8 @@ class SchedulerOutput:
     preempted: list[str] = field(default_factory=list)
     # Requests that ended since the last step: the worker drops their per-request state.
     finished_ids: list[str] = field(default_factory=list)
+    # Copy-on-write block copies (src, dst), applied to every layer before this step's forward.
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def num_decodes(self) -> int:
@@ -57,26 +72,64 @@ class Scheduler:
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}
         self._finished_ids: list[str] = []
+        self._followers: dict[str, list[Request]] = {}  # leader id -> children waiting to fork
+        self._leader_of: dict[str, str] = {}
+        self.beam_groups: dict[str, BeamGroup] = {}  # beam request id -> its group
+        self.finished_beam_groups: list[BeamGroup] = []  # ended in update(); the engine drains it
         # Statistics, in tokens and events, for tests, benchmarks and /metrics.
         self.num_preemptions = 0
         self.num_prefix_hit_tokens = 0
 
     # -- intake and exits -------------------------------------------------------------------------
-    def add_request(self, req: Request) -> None:
-        if req.request_id in self.requests:
-            raise ValueError(f"request id {req.request_id!r} is already in use")
-        self.requests[req.request_id] = req
+    def add_request(self, req: Request, followers: list[Request] = ()) -> None:
+        """Queue `req`; `followers` (same prompt and params) fork from it once its prompt is computed."""
+        for r in (req, *followers):
+            if r.request_id in self.requests:
+                raise ValueError(f"request id {r.request_id!r} is already in use")
+        for r in (req, *followers):
+            self.requests[r.request_id] = r
+        if followers:
+            self._followers[req.request_id] = list(followers)
+            self._leader_of.update((f.request_id, req.request_id) for f in followers)
         self.waiting.append(req)
+
+    def add_beam_group(self, group: BeamGroup) -> None:
+        self.add_request(group.live[0])
+        self.beam_groups[group.live[0].request_id] = group
+
+    def fork_request(self, parent: Request, child: Request) -> None:
+        """Make `child` a copy of `parent` (tokens, computed count, blocks by reference) and queue it
+        where the parent is: running when it holds computed blocks, else waiting (to recompute)."""
+        child.output_token_ids = list(parent.output_token_ids)
+        child.block_hashes = list(parent.block_hashes)
+        child.num_cached_tokens = parent.num_cached_tokens
+        self.requests[child.request_id] = child
+        if parent.status == RequestStatus.RUNNING:
+            self.kv.fork(parent, child)
+            child.num_computed_tokens = parent.num_computed_tokens
+            child.status = RequestStatus.RUNNING
+            self.running.append(child)
+        else:
+            child.status = RequestStatus.PREEMPTED
+            self.waiting.appendleft(child)
 
     def finish_request(self, request_id: str, reason: FinishReason, stop_reason: int | str | None = None) -> Request | None:
         """End a request in any state and free everything it holds. Unknown ids are ignored."""
         req = self.requests.pop(request_id, None)
         if req is None:
             return None
-        if req.status == RequestStatus.RUNNING:
+        leader = self._leader_of.pop(request_id, None)
+        if leader is not None:  # a follower still waiting to fork
+            self._followers[leader].remove(req)
+        elif req.status == RequestStatus.RUNNING:
             self.running.remove(req)
         elif not req.is_finished:
             self.waiting.remove(req)
+        # A leader that ends before forking lets its followers compute their prompt themselves.
+        for follower in self._followers.pop(request_id, []):
+            del self._leader_of[follower.request_id]
+            self.waiting.append(follower)
+        self.beam_groups.pop(request_id, None)
         self.kv.free(req)
         if not req.is_finished:
             req.finish(reason, stop_reason)
@@ -97,6 +150,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             num_new = min(req.num_tokens - req.num_computed_tokens, budget)
+            if num_new == 0:  # a parked beam, waiting for its siblings' candidates
+                i += 1
+                continue
             while not self.kv.allocate_slots(req, num_new):
                 victim = self.running.pop()  # the newest request gives way
                 self._preempt(victim)
@@ -110,9 +166,29 @@ class Scheduler:
             i += 1
 
         # Admit waiting requests only in a step that preempted nobody (else they would thrash).
-        while not preempted and self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+        if not preempted:
+            budget = self._admit(budget, chosen)
+        # Parked beams hold blocks and seats while their siblings wait: when nothing else can run,
+        # they give way (their candidates are kept; they recompute later).
+        while not chosen and self.waiting and self._preempt_parked(preempted):
+            budget = self._admit(budget, chosen)
+
+        chosen.sort(key=lambda c: c[2] != 1)  # stable: decodes first, each group in running order
+        scheduled = []
+        for req, start, n in chosen:
+            sample = start + n == req.num_tokens
+            forks = list(self._followers.get(req.request_id, ())) if sample else []
+            scheduled.append(ScheduledRequest(req, start, n, self.kv.block_ids(req.request_id), sample, forks))
+        finished, self._finished_ids = self._finished_ids, []
+        return SchedulerOutput(scheduled, self.config.max_num_batched_tokens - budget, preempted, finished,
+                               self.kv.take_copies())
+
+    def _admit(self, budget: int, chosen: list[tuple[Request, int, int]]) -> int:
+        while self.waiting and budget > 0 and self._seats_for(self.waiting[0]):
             req = self.waiting[0]
             hits, num_hit = self.kv.get_computed_blocks(req)
+            if req.sampling_params.prompt_logprobs is not None and req.num_output_tokens == 0:
+                hits, num_hit = [], 0  # every prompt position must run through lm_head
             num_new = min(req.num_tokens - num_hit, budget)
             if not self.kv.allocate_slots(req, num_new, hits):
                 break
@@ -125,14 +201,28 @@ class Scheduler:
             self.running.append(req)
             chosen.append((req, num_hit, num_new))
             budget -= num_new
+        return budget
 
-        chosen.sort(key=lambda c: c[2] != 1)  # stable: decodes first, each group in running order
-        scheduled = [
-            ScheduledRequest(req, start, n, self.kv.block_ids(req.request_id), start + n == req.num_tokens)
-            for req, start, n in chosen
-        ]
-        finished, self._finished_ids = self._finished_ids, []
-        return SchedulerOutput(scheduled, self.config.max_num_batched_tokens - budget, preempted, finished)
+    def _preempt_parked(self, preempted: list[str]) -> bool:
+        for req in reversed(self.running):
+            if req.num_computed_tokens == req.num_tokens:
+                self.running.remove(req)
+                self._preempt(req)
+                # To the back: the siblings it waits for must compute first (its candidates are kept).
+                self.waiting.remove(req)
+                self.waiting.append(req)
+                preempted.append(req.request_id)
+                return True
+        return False
+
+    def _seats_for(self, req: Request) -> bool:
+        """Room under max_num_seqs for `req` and the sequences it will fork into (an empty engine
+        always admits, so a group wider than max_num_seqs still runs)."""
+        group = 1 + len(self._followers.get(req.request_id, ()))
+        beams = self.beam_groups.get(req.request_id)
+        if beams is not None and not beams.started:
+            group = beams.width
+        return not self.running or len(self.running) + group <= self.config.max_num_seqs
 
     def _preempt(self, req: Request) -> None:
         self.kv.free(req)
@@ -142,10 +232,13 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+    def update(self, out: SchedulerOutput, sampled: dict[str, int],
+               beam_candidates: dict[str, list[tuple[int, float]]] | None = None) -> list[Request]:
         """Apply a finished step: advance computed counts, append sampled tokens, end requests that hit
-        EOS, a stop token, max_tokens or the context limit. Returns the requests that got a token."""
+        EOS, a stop token, max_tokens or the context limit, fork followers, advance beam groups.
+        Returns the (sampling) requests that got a token, forked followers included."""
         progressed = []
+        groups: dict[int, BeamGroup] = {}
         for s in out.scheduled:
             req = s.request
             if req.is_finished:
@@ -153,13 +246,33 @@ class Scheduler:
             req.num_computed_tokens += s.num_new_tokens
             if not s.sample:
                 continue
-            token = sampled[req.request_id]
-            req.output_token_ids.append(token)
-            progressed.append(req)
-            reason, stop_reason = self._check_stop(req, token)
-            if reason is not None:
-                self.finish_request(req.request_id, reason, stop_reason)
+            group = self.beam_groups.get(req.request_id)
+            if group is not None:
+                group.add_candidates(req, beam_candidates[req.request_id])
+                groups[id(group)] = group
+                continue
+            for child in s.fork_children:
+                if child.is_finished:
+                    continue
+                self._followers[req.request_id].remove(child)
+                del self._leader_of[child.request_id]
+                self.fork_request(req, child)
+                self._append(child, sampled[child.request_id], progressed)
+            self._followers.pop(req.request_id, None)
+            self._append(req, sampled[req.request_id], progressed)
+        for group in groups.values():
+            if group.ready():
+                group.advance(self)
+                if group.done:
+                    self.finished_beam_groups.append(group)
         return progressed
+
+    def _append(self, req: Request, token: int, progressed: list[Request]) -> None:
+        req.output_token_ids.append(token)
+        progressed.append(req)
+        reason, stop_reason = self._check_stop(req, token)
+        if reason is not None:
+            self.finish_request(req.request_id, reason, stop_reason)
 
     def _check_stop(self, req: Request, token: int) -> tuple[FinishReason | None, int | None]:
         p = req.sampling_params

@@ -9,22 +9,29 @@ through lm_head (transformers' `logits_to_keep` with an index tensor).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from npu_serve.sampling_params import SamplingParams
+
 from npu_serve.attention import hf_bridge
 from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
-from npu_serve.engine.scheduler import SchedulerOutput
+from npu_serve.engine.beam_search import candidates_per_beam
+from npu_serve.engine.scheduler import ScheduledRequest, SchedulerOutput
 from npu_serve.worker.forward_context import ForwardContext, forward_context
 from npu_serve.worker.kv_cache import KVCacheSpec, allocate_kv_caches
-from npu_serve.worker.sampler import Sampler, SamplingRow, TokenLogprobs
+from npu_serve.worker.sampler import Sampler, SamplingRow, TokenLogprobs, gather_logprobs
 
 
 @dataclass
 class RunnerOutput:
     sampled: dict[str, int]
     logprobs: dict[str, TokenLogprobs]
+    # Beam-search requests: their top (token, logprob) candidates instead of a sampled token.
+    beam_candidates: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    # prompt_logprobs requests: (chunk start, logprobs of prompt tokens start + 1, start + 2, ...).
+    prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -38,6 +45,7 @@ class ModelRunner:
         self.sampler = Sampler()
         self.kv_caches = allocate_kv_caches(spec, num_blocks, device)
         self._generators: dict[str, torch.Generator] = {}
+        self._ranked_params: dict[str, SamplingParams] = {}  # best_of > n: params that ask for logprobs
         hf_bridge.install(model)
 
     # -- batch packing ------------------------------------------------------------------------------
@@ -83,28 +91,97 @@ class ModelRunner:
     def execute(self, so: SchedulerOutput) -> RunnerOutput:
         for rid in so.finished_ids:
             self._generators.pop(rid, None)
+            self._ranked_params.pop(rid, None)
+        if so.block_copies:
+            self._copy_blocks(so.block_copies)
         if not so.scheduled:
             return RunnerOutput({}, {})
         input_ids, positions, meta, sample_idx = self._prepare(so)
+        prompt_rows = self._prompt_logprob_rows(so, meta.query_start_loc_cpu)
+        keep_idx = sample_idx + [i for _, rows, _ in prompt_rows for i in rows]
         ctx = ForwardContext(meta, self.kv_caches, self.backend)
         with forward_context(ctx):
-            if sample_idx:
-                keep = torch.tensor(sample_idx, dtype=torch.long, device=self.device)
+            if keep_idx:
+                keep = torch.tensor(keep_idx, dtype=torch.long, device=self.device)
                 logits = self.model(input_ids=input_ids, position_ids=positions, use_cache=False,
-                                    logits_to_keep=keep).logits[0]
+                                    logits_to_keep=keep).logits[0].float()
             else:
                 # Only prompt chunks this step: run the layers for their KV, skip lm_head entirely.
                 self.model.get_decoder()(input_ids=input_ids, position_ids=positions, use_cache=False)
                 return RunnerOutput({}, {})
-        sampling = [s for s in so.scheduled if s.sample]
-        rows = [self._row(s.request) for s in sampling]
-        result = self.sampler(logits.float(), rows)
-        sampled = {s.request.request_id: t for s, t in zip(sampling, result.token_ids)}
-        logprobs = {s.request.request_id: lp for s, lp in zip(sampling, result.logprobs) if lp is not None}
-        return RunnerOutput(sampled, logprobs)
+        out = RunnerOutput({}, {})
+        self._sample(so, logits[: len(sample_idx)], out)
+        offset = len(sample_idx)
+        for s, rows, targets in prompt_rows:
+            lps = gather_logprobs(logits[offset : offset + len(rows)], targets, s.request.sampling_params.prompt_logprobs)
+            out.prompt_logprobs[s.request.request_id] = (s.start, lps)
+            offset += len(rows)
+        return out
+
+    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: duplicate shared partial blocks in every layer (the gather on the right
+        reads every source before any destination is written)."""
+        src = torch.tensor([c[0] for c in copies], dtype=torch.long, device=self.device)
+        dst = torch.tensor([c[1] for c in copies], dtype=torch.long, device=self.device)
+        for cache in self.kv_caches:
+            cache[:, dst] = cache[:, src]
+
+    @staticmethod
+    def _prompt_logprob_rows(so: SchedulerOutput, qsl: list[int]) -> list[tuple[ScheduledRequest, list[int], list[int]]]:
+        """For each request asking for prompt_logprobs: the packed positions in this chunk whose
+        logits predict a prompt token (position p predicts token p + 1; the last prompt position
+        predicts the first output token and is sampled instead), and those target tokens."""
+        found = []
+        for i, s in enumerate(so.scheduled):
+            req = s.request
+            if req.sampling_params.prompt_logprobs is None:
+                continue
+            stop = min(s.start + s.num_new_tokens, req.num_prompt_tokens - 1)
+            if stop <= s.start:
+                continue
+            rows = [qsl[i] + p - s.start for p in range(s.start, stop)]
+            found.append((s, rows, req.prompt_token_ids[s.start + 1 : stop + 1]))
+        return found
+
+    def _sample(self, so: SchedulerOutput, logits: torch.Tensor, out: RunnerOutput) -> None:
+        """Sampled tokens (one per request, plus one per follower forking off a leader's prompt, drawn
+        from the leader's logits row) and beam candidates, into `out`."""
+        reqs, row_of = [], []
+        beam = []
+        for row, s in enumerate(x for x in so.scheduled if x.sample):
+            if s.request.sampling_params.use_beam_search:
+                beam.append((row, s.request))
+                continue
+            for req in (s.request, *s.fork_children):
+                reqs.append(req)
+                row_of.append(row)
+        if reqs:
+            if row_of == list(range(logits.shape[0])):
+                rows = logits  # the common case: one row per request, in order
+            else:
+                rows = logits.index_select(0, torch.tensor(row_of, dtype=torch.long, device=logits.device))
+            result = self.sampler(rows, [self._row(r) for r in reqs])
+            for req, token, lp in zip(reqs, result.token_ids, result.logprobs):
+                out.sampled[req.request_id] = token
+                if lp is not None:
+                    out.logprobs[req.request_id] = lp
+        if beam:
+            idx = torch.tensor([r for r, _ in beam], dtype=torch.long, device=logits.device)
+            k = max(candidates_per_beam(req.sampling_params) for _, req in beam)
+            logprobs = torch.log_softmax(logits.index_select(0, idx), dim=-1)
+            values, tokens = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+            for (_, req), vals, toks in zip(beam, values.tolist(), tokens.tolist()):
+                n = candidates_per_beam(req.sampling_params)
+                out.beam_candidates[req.request_id] = list(zip(toks[:n], vals[:n]))
 
     def _row(self, req) -> SamplingRow:
         p = req.sampling_params
+        if p.best_of > p.n and p.logprobs is None:
+            # Ranking best_of outputs needs each chosen token's logprob even when the user wants none.
+            ranked = self._ranked_params.get(req.request_id)
+            if ranked is None:
+                ranked = self._ranked_params[req.request_id] = replace(p, logprobs=0)
+            p = ranked
         gen = None
         if p.seed is not None and not p.is_greedy:
             gen = self._generators.get(req.request_id)
