@@ -38,6 +38,9 @@ def parse_args():
     ap.add_argument("--max-prompt", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--static-batch", type=int, default=16, help="batch size of the generate() baseline")
+    ap.add_argument("--sort-static", action="store_true",
+                    help="sort requests by prompt length before cutting static batches (less padding: kinder to "
+                         "generate() than a server that batches in arrival order can be)")
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--max-num-seqs", type=int, default=64)
     ap.add_argument("--systems", default="generate,generate_batch,npu_serve")
@@ -71,14 +74,14 @@ def workload(args, vocab: int) -> list[list[int]]:
             for _ in range(args.num_requests)]
 
 
-def run_generate(model, prompts, new_tokens, batch_size, device):
+def run_generate(model, prompts, new_tokens, batch_size, device, sort=False):
     import torch
     from transformers import GenerationConfig
 
     cfg = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                            eos_token_id=None)
     produced = 0
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # length-sorted: kinder to the baseline
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if sort else range(len(prompts))
     with torch.inference_mode():
         for k in range(0, len(order), batch_size):
             batch = [prompts[i] for i in order[k : k + batch_size]]
@@ -145,12 +148,15 @@ def main():
         t = time.perf_counter()
         n = run_npu_serve(llm, prompts, args.new_tokens)
         results["npu-serve"] = (n, time.perf_counter() - t)
+        print(f"npu-serve: {n} tokens in {results['npu-serve'][1]:.1f} s", flush=True)
         del llm
     if "generate" in systems:
         run_generate(hf, prompts[:2], 4, 2, platform.torch_device)
         t = time.perf_counter()
-        n = run_generate(hf, prompts, args.new_tokens, args.static_batch, platform.torch_device)
-        results[f"transformers generate() (static batches of {args.static_batch})"] = (n, time.perf_counter() - t)
+        n = run_generate(hf, prompts, args.new_tokens, args.static_batch, platform.torch_device, args.sort_static)
+        order = "length-sorted" if args.sort_static else "arrival order"
+        results[f"transformers generate() (batches of {args.static_batch}, {order})"] = (n, time.perf_counter() - t)
+        print(f"generate(): {n} tokens in {time.perf_counter() - t:.1f} s", flush=True)
     if "generate_batch" in systems:
         t = time.perf_counter()
         n = run_generate_batch(hf, prompts, args.new_tokens)
