@@ -1,0 +1,250 @@
+// CPU paged-attention decode: one query per request, reading the paged KV cache in place.
+//
+// Why: the torch path gathers every request's blocks into a padded copy and SDPA copies again
+// after a transpose; decode attention is memory bound, so those copies dominate. Here each
+// (request, kv_head) pair is one task: it reads that head's K rows once (scores for all G query
+// heads that share it), then its V rows once, straight from the cache blocks.
+//
+// Numerics: float accumulation, IEEE semantics (no -ffast-math). Softmax is two-pass over a
+// per-thread score buffer [G, seq_len]: exact max first, then exp/sum, then the weighted V sum.
+// Dot products keep LANES independent partial sums so that GCC vectorises them without being
+// allowed to reassociate (the summation order is fixed, hence deterministic).
+
+#include <torch/extension.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace {
+
+constexpr int LANES = 16;
+
+// Row of `d` cache elements as floats: fp32 rows are used in place, others converted into buf.
+inline const float* load_row(const float* src, float* /*buf*/, int64_t /*d*/) { return src; }
+
+inline const float* load_row(const at::BFloat16* src, float* buf, int64_t d) {
+  // bf16 is the high half of an fp32: a shift is an exact conversion, and vectorises.
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  uint32_t* out = reinterpret_cast<uint32_t*>(buf);
+  for (int64_t i = 0; i < d; ++i) out[i] = static_cast<uint32_t>(bits[i]) << 16;
+  return buf;
+}
+
+inline const float* load_row(const at::Half* src, float* buf, int64_t d) {
+  for (int64_t i = 0; i < d; ++i) buf[i] = static_cast<float>(src[i]);
+  return buf;
+}
+
+inline float dot(const float* a, const float* b, int64_t d) {
+  float lanes[LANES] = {0.f};
+  int64_t i = 0;
+  for (; i + LANES <= d; i += LANES)
+    for (int j = 0; j < LANES; ++j) lanes[j] += a[i + j] * b[i + j];
+  float tail = 0.f;
+  for (; i < d; ++i) tail += a[i] * b[i];
+  // Pairwise fold instead of a serial 16-add chain: each step is one vector add.
+  for (int j = 0; j < 8; ++j) lanes[j] += lanes[j + 8];
+  for (int j = 0; j < 4; ++j) lanes[j] += lanes[j + 4];
+  for (int j = 0; j < 2; ++j) lanes[j] += lanes[j + 2];
+  return (lanes[0] + lanes[1]) + tail;
+}
+
+inline float lanes_sum(const float* x, int64_t n) {
+  float lanes[LANES] = {0.f};
+  int64_t i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int j = 0; j < LANES; ++j) lanes[j] += x[i + j];
+  float tail = 0.f;
+  for (; i < n; ++i) tail += x[i];
+  for (int j = 0; j < 8; ++j) lanes[j] += lanes[j + 8];
+  for (int j = 0; j < 4; ++j) lanes[j] += lanes[j + 4];
+  for (int j = 0; j < 2; ++j) lanes[j] += lanes[j + 2];
+  return (lanes[0] + lanes[1]) + tail;
+}
+
+inline float lanes_max(const float* x, int64_t n) {
+  float lanes[LANES];
+  for (int j = 0; j < LANES; ++j) lanes[j] = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int j = 0; j < LANES; ++j) lanes[j] = x[i + j] > lanes[j] ? x[i + j] : lanes[j];
+  float m = -std::numeric_limits<float>::infinity();
+  for (int j = 0; j < LANES; ++j) m = lanes[j] > m ? lanes[j] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// exp(x) for x <= 0 (softmax numerators), branch-free so that the loop calling it vectorises;
+// libm's expf does not without -ffast-math, and it was a third of the kernel's time.
+// Cephes' expf: x = n ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r (about 1 ulp), times 2^n
+// put into the exponent bits. Round-to-nearest n via the 1.5 * 2^23 trick (exact under IEEE).
+// x < -87 gives 0 (e^-87 ~ 1.6e-38 is below float's normal range and irrelevant next to the
+// max term, which is 1); NaN stays NaN.
+inline float exp_nonpos(float x) {
+  const float magic = 12582912.f;  // 1.5 * 2^23
+  float t = x * 1.44269504088896341f + magic;
+  uint32_t tb;
+  std::memcpy(&tb, &t, 4);
+  const float n = t - magic;
+  const int32_t ni = static_cast<int32_t>(tb) - 0x4B400000;  // bits of magic
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.f;
+  uint32_t yb;
+  std::memcpy(&yb, &y, 4);
+  yb += static_cast<uint32_t>(ni) << 23;
+  std::memcpy(&y, &yb, 4);
+  y = x < -87.f ? 0.f : y;
+  return x != x ? x : y;
+}
+
+template <typename scalar_t>
+void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
+                 at::Tensor& out) {
+  const int64_t nd = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t block_size = k_cache.size(1), Hkv = k_cache.size(2);
+  const int64_t G = H / Hkv;
+  const int64_t max_blocks = block_tables.size(1);
+  const float fscale = static_cast<float>(scale);
+
+  const scalar_t* qp = q.data_ptr<scalar_t>();
+  const scalar_t* kp = k_cache.data_ptr<scalar_t>();
+  const scalar_t* vp = v_cache.data_ptr<scalar_t>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  scalar_t* op = out.data_ptr<scalar_t>();
+
+  // Longest requests first, so that dynamic scheduling does not end on one long straggler.
+  std::vector<int64_t> order(nd);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lens[a] > lens[b]; });
+  int64_t max_len = 0;
+  for (int64_t r = 0; r < nd; ++r) max_len = std::max<int64_t>(max_len, lens[r]);
+
+  const int64_t tasks = nd * Hkv;
+  const int64_t token_stride = Hkv * D;  // between consecutive tokens of one head
+  const int64_t block_stride = block_size * token_stride;
+  const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)));
+
+#pragma omp parallel num_threads(nthreads)
+  {
+    std::vector<float> scores(static_cast<size_t>(G * std::max<int64_t>(max_len, 1)));
+    std::vector<float> qf(G * D), acc(G * D), row(D), inv_sum(G);
+
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < tasks; ++task) {
+      const int64_t r = order[task / Hkv], h = task % Hkv;
+      const int64_t L = lens[r];
+      const int32_t* table = tables + r * max_blocks;
+      scalar_t* o = op + (r * H + h * G) * D;
+      if (L <= 0) {  // nothing to attend to: zeros rather than NaN
+        for (int64_t i = 0; i < G * D; ++i) o[i] = static_cast<scalar_t>(0.f);
+        continue;
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const scalar_t* src = qp + (r * H + h * G + g) * D;
+        for (int64_t i = 0; i < D; ++i) qf[g * D + i] = static_cast<float>(src[i]);
+      }
+
+      // Pass 1: scores[g, t] = scale * q_g . k_t, one read of each K row for all G heads.
+      for (int64_t t0 = 0; t0 < L; t0 += block_size) {
+        const scalar_t* base = kp + table[t0 / block_size] * block_stride + h * D;
+        const int64_t n = std::min(block_size, L - t0);
+        for (int64_t j = 0; j < n; ++j) {
+          const float* k = load_row(base + j * token_stride, row.data(), D);
+          for (int64_t g = 0; g < G; ++g) scores[g * L + t0 + j] = fscale * dot(qf.data() + g * D, k, D);
+        }
+      }
+
+      // Softmax numerators in place, per head.
+      for (int64_t g = 0; g < G; ++g) {
+        float* s = scores.data() + g * L;
+        const float m = lanes_max(s, L);
+        for (int64_t t = 0; t < L; ++t) s[t] = exp_nonpos(s[t] - m);
+        const float sum = lanes_sum(s, L);
+        inv_sum[g] = 1.f / sum;
+      }
+
+      // Pass 2: acc[g] = sum_t p[g, t] * v_t, one read of each V row.
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t t0 = 0; t0 < L; t0 += block_size) {
+        const scalar_t* base = vp + table[t0 / block_size] * block_stride + h * D;
+        const int64_t n = std::min(block_size, L - t0);
+        for (int64_t j = 0; j < n; ++j) {
+          const float* v = load_row(base + j * token_stride, row.data(), D);
+          for (int64_t g = 0; g < G; ++g) {
+            const float p = scores[g * L + t0 + j];
+            float* a = acc.data() + g * D;
+            for (int64_t i = 0; i < D; ++i) a[i] += p * v[i];
+          }
+        }
+      }
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t i = 0; i < D; ++i) o[g * D + i] = static_cast<scalar_t>(acc[g * D + i] * inv_sum[g]);
+    }
+  }
+}
+
+at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale) {
+  TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu(), "CPU tensors only");
+  TORCH_CHECK(q.dim() == 3, "q must be [nd, H, D]");
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
+              "k_cache and v_cache must both be [num_blocks, block_size, Hkv, D]");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
+              "q and the caches must share a dtype");
+  TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
+              "q and the caches must be contiguous");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
+              "block_tables and seq_lens must be int32");
+  TORCH_CHECK(block_tables.is_contiguous() && seq_lens.is_contiguous(), "block_tables and seq_lens must be contiguous");
+  const int64_t nd = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), Hkv = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == D, "head_dim of q and caches differ");
+  TORCH_CHECK(Hkv > 0 && H % Hkv == 0, "num_heads must be a multiple of num_kv_heads");
+  TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == nd, "block_tables must be [nd, max_blocks]");
+  TORCH_CHECK(seq_lens.dim() == 1 && seq_lens.size(0) == nd, "seq_lens must be [nd]");
+
+  // Validate every block id a request will read, so the parallel loop cannot run off the cache.
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  const int64_t max_blocks = block_tables.size(1);
+  for (int64_t r = 0; r < nd; ++r) {
+    const int64_t need = (static_cast<int64_t>(lens[r]) + block_size - 1) / block_size;
+    TORCH_CHECK(lens[r] >= 0 && need <= max_blocks, "seq_len ", lens[r], " of request ", r,
+                " does not fit its block table");
+    for (int64_t b = 0; b < need; ++b)
+      TORCH_CHECK(tables[r * max_blocks + b] >= 0 && tables[r * max_blocks + b] < num_blocks,
+                  "block id out of range in request ", r);
+  }
+
+  at::Tensor out = at::empty_like(q);
+  if (nd == 0) return out;
+  switch (q.scalar_type()) {
+    case at::kFloat: decode_impl<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case at::kBFloat16: decode_impl<at::BFloat16>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case at::kHalf: decode_impl<at::Half>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    default: TORCH_CHECK(false, "unsupported dtype ", q.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("paged_decode", &paged_decode, "Paged attention decode over the KV cache, read in place (CPU)");
+}
