@@ -64,6 +64,7 @@ CASES = [  # heads, kv_heads, head_dim, block_size
     (9, 3, 128, 128),
     (4, 2, 64, 128),
     (8, 8, 128, 16),
+    (4, 2, 72, 16),  # head_dim without a compiled-in variant, not a multiple of the 16 lanes
 ]
 
 

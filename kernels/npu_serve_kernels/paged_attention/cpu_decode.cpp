@@ -111,11 +111,15 @@ inline float exp_nonpos(float x) {
   return x != x ? x : y;
 }
 
-template <typename scalar_t>
+// DC > 0 fixes head_dim at compile time (unrolled inner loops; ~10% faster at D=64 in bf16);
+// DC == 0 reads it from q.
+template <typename scalar_t, int DC>
 void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
                  at::Tensor& out) {
-  const int64_t nd = q.size(0), H = q.size(1), D = q.size(2);
+  const int64_t nd = q.size(0), H = q.size(1);
+  constexpr int64_t kD = DC;
+  const int64_t D = DC > 0 ? kD : q.size(2);
   const int64_t block_size = k_cache.size(1), Hkv = k_cache.size(2);
   const int64_t G = H / Hkv;
   const int64_t max_blocks = block_tables.size(1);
@@ -199,6 +203,16 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
   }
 }
 
+template <typename scalar_t>
+void dispatch_dim(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, at::Tensor& out) {
+  switch (q.size(2)) {
+    case 64: decode_impl<scalar_t, 64>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case 128: decode_impl<scalar_t, 128>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    default: decode_impl<scalar_t, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
+  }
+}
+
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale) {
   TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu(), "CPU tensors only");
@@ -235,9 +249,9 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   at::Tensor out = at::empty_like(q);
   if (nd == 0) return out;
   switch (q.scalar_type()) {
-    case at::kFloat: decode_impl<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case at::kBFloat16: decode_impl<at::BFloat16>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case at::kHalf: decode_impl<at::Half>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case at::kFloat: dispatch_dim<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case at::kBFloat16: dispatch_dim<at::BFloat16>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case at::kHalf: dispatch_dim<at::Half>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
     default: TORCH_CHECK(false, "unsupported dtype ", q.scalar_type());
   }
   return out;
