@@ -1,4 +1,5 @@
-"""Attention backends by name: "torch" (reference, CPU), "triton" (CUDA), "npu" (Ascend).
+"""Attention backends by name: "torch" (reference), "cpu" (reference + C++ decode kernel), "triton"
+(CUDA), "npu" (Ascend).
 
 Each backend module is imported only when its name is asked for, so choosing "torch" never imports
 triton or torch_npu, and a machine without them can still list and use the others.
@@ -13,6 +14,7 @@ from npu_serve.attention.backend import AttentionBackend
 # name -> (module, class)
 _BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("npu_serve.attention.torch_ref", "TorchAttentionBackend"),
+    "cpu": ("npu_serve.attention.cpu", "CpuAttentionBackend"),
     "triton": ("npu_serve.attention.triton", "TritonAttentionBackend"),
     "npu": ("npu_serve.attention.npu", "NpuAttentionBackend"),
 }

@@ -38,20 +38,24 @@ class TorchAttentionBackend(AttentionBackend):
     def forward(self, query, key, value, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
         write_kv(kv_cache, key, value, meta.slot_mapping)
         out = torch.empty_like(query)
-        nd = meta.num_decodes
-        if nd:
-            for idx, max_len in self._decode_groups(meta, kv_cache.shape[2], query.device):
-                if idx is None:
-                    out[:nd] = self._decode(query[:nd], kv_cache, meta.block_tables[:nd], meta.seq_lens[:nd],
-                                            max_len, scale)
-                else:
-                    out[idx] = self._decode(query[idx], kv_cache, meta.block_tables[idx], meta.seq_lens[idx],
-                                            max_len, scale)
+        if meta.num_decodes:
+            self._forward_decodes(query, kv_cache, meta, scale, out)
         qsl, seq_lens = meta.query_start_loc_cpu, meta.seq_lens_cpu
-        for i in range(nd, meta.num_reqs):
+        for i in range(meta.num_decodes, meta.num_reqs):
             a, b = qsl[i], qsl[i + 1]
             out[a:b] = self._prefill(query[a:b], kv_cache, meta.block_tables[i], seq_lens[i], scale)
         return out
+
+    def _forward_decodes(self, query, kv_cache, meta: AttentionMetadata, scale: float, out: torch.Tensor) -> None:
+        """Attention of the first num_decodes tokens (one query each) into out[:num_decodes]."""
+        nd = meta.num_decodes
+        for idx, max_len in self._decode_groups(meta, kv_cache.shape[2], query.device):
+            if idx is None:
+                out[:nd] = self._decode(query[:nd], kv_cache, meta.block_tables[:nd], meta.seq_lens[:nd],
+                                        max_len, scale)
+            else:
+                out[idx] = self._decode(query[idx], kv_cache, meta.block_tables[idx], meta.seq_lens[idx],
+                                        max_len, scale)
 
     def _decode_groups(self, meta: AttentionMetadata, block_size: int, device) -> list:
         """Length buckets of this step's decodes, computed once per step and reused by every layer."""

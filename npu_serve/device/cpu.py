@@ -21,7 +21,7 @@ _BENCH_DEADLINE_S = 0.08  # the whole probe stays under ~100 ms, even on a busy 
 
 class CpuPlatform(Platform):
     name = "cpu"
-    attention_backend = "torch"
+    attention_backend = "cpu"
     default_block_size = 16
 
     @classmethod

@@ -104,7 +104,7 @@ def test_platform_defaults():
     cpu = resolve_platform("cpu")
     assert isinstance(cpu, CpuPlatform)
     assert cpu.torch_device == torch.device("cpu")
-    assert (cpu.default_block_size, cpu.attention_backend) == (16, "torch")
+    assert (cpu.default_block_size, cpu.attention_backend) == (16, "cpu")
     assert (CudaPlatform.default_block_size, CudaPlatform.attention_backend) == (16, "triton")
     # Ascend's fused attention needs 128-multiples for prefill.
     assert (NpuPlatform.default_block_size, NpuPlatform.attention_backend) == (128, "npu")
