@@ -23,7 +23,7 @@ def _add_serve_parser(subparsers) -> None:
     p.add_argument("--chat-template", default=None, metavar="FILE", help="a Jinja chat template file to use instead of the model's")
     p.add_argument("--reasoning-parser", choices=["deepseek_r1", "qwen3"], default=None,
                    help="split <think>...</think> output into reasoning_content")
-    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-num-seqs", type=int, default=128)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--block-size", type=int, default=None)
     p.add_argument("--num-kv-blocks", type=int, default=None)
@@ -31,7 +31,8 @@ def _add_serve_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: torch's choice)")
     p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default=None)
     sec = p.add_argument_group("API keys and moderation")
-    sec.add_argument("--keys-db", default=None, metavar="PATH", help="SQLite key store (see `npu-serve keys`)")
+    sec.add_argument("--keys-db", default=None, metavar="PATH",
+                     help="SQLite key store (see `npu-serve keys`); default: the `npu-serve keys` store, if it exists")
     sec.add_argument("--api-key", action="append", default=[], metavar="KEY", help="accept this key (repeatable)")
     sec.add_argument("--moderation-words", default=None, metavar="FILE", help="one sensitive term per line")
     sec.add_argument("--no-moderation", action="store_true", help="turn content moderation off")
@@ -57,7 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
             chat_template = f.read()
     config = ServerConfig(
         served_model_name=args.served_model_name, chat_template=chat_template,
-        reasoning_parser=args.reasoning_parser, keys_db=args.keys_db, api_keys=tuple(args.api_key),
+        reasoning_parser=args.reasoning_parser, keys_db=resolve_keys_db(args.keys_db), api_keys=tuple(args.api_key),
         moderation=not args.no_moderation, moderation_words=args.moderation_words,
         moderation_hook=args.moderation_hook)
 
@@ -89,16 +90,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_keys_db(given: str | None) -> str | None:
+    """The key store to enforce: the one given, else the default store `npu-serve keys create` writes to,
+    when it exists. Keys a user created are then enforced without repeating the path (MaaS has no
+    keyless mode once keys exist); with neither, auth is off and the server says so at start."""
+    if given is not None:
+        return given
+    from npu_serve.server.keys import default_keys_db_path
+
+    default = default_keys_db_path()
+    return str(default) if default.exists() else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npu-serve", description="LLM serving with a MaaS-compatible API")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_serve_parser(subparsers)
-    try:
-        from npu_serve.server.keys_cli import add_keys_parser
-    except ImportError:  # the key store is optional until it lands
-        pass
-    else:
-        add_keys_parser(subparsers)
+    from npu_serve.server.keys_cli import add_keys_parser
+
+    add_keys_parser(subparsers)
     return parser
 
 
