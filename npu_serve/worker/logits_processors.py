@@ -29,8 +29,8 @@ _BIAS_LIMIT = 100.0
 
 
 def is_greedy_row(row: SamplingRow) -> bool:
-    # Temperature alone decides: beam search (temperature 0 by contract) is not implemented and
-    # degrades to greedy rather than dividing by zero.
+    # Temperature alone decides. Beam-search rows never reach the sampler (engine/beam_search.py
+    # ranks candidates from their logprobs), so a temperature-0 row here is plain greedy.
     return row.params.temperature < _GREEDY_EPS
 
 
