@@ -61,10 +61,10 @@ def build_model_dir(shape: str, tokenizer_dir) -> str:
     model = LlamaForCausalLM(cfg)
     path = tempfile.mkdtemp(prefix=f"npu-serve-bench-{shape}-")
     model.save_pretrained(path)
-    if tokenizer_dir is not None:
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
+    # Prompts are token ids; the tokenizer only has to exist (ids past its vocabulary decode to "").
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(path)
     return path
 
 
@@ -124,7 +124,7 @@ def main():
     platform = resolve_platform(args.device)
     dtype = resolve_dtype(args.dtype, platform)
     if args.model_shape:
-        tok_dir = default_model_dir() if args.model_shape == "smollm2-135m" else None
+        tok_dir = os.environ.get("NPU_SERVE_TEST_TOKENIZER_DIR") or default_model_dir()
         model_dir = build_model_dir(args.model_shape, tok_dir)
     else:
         model_dir = str(resolve_model(args.model).path)

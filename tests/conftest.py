@@ -16,9 +16,19 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def default_model_dir():
+    if os.environ.get("NPU_SERVE_TEST_SKIP_DEFAULT_MODEL"):
+        pytest.skip("the default model is not available on this machine (NPU_SERVE_TEST_SKIP_DEFAULT_MODEL)")
     from npu_serve.models import default_model_dir as ensure
 
     return ensure()
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(request):
+    """The tokenizer the tiny models use: NPU_SERVE_TEST_TOKENIZER_DIR (a device machine without network
+    carries just these few MB), else the default model's."""
+    given = os.environ.get("NPU_SERVE_TEST_TOKENIZER_DIR")
+    return given if given else request.getfixturevalue("default_model_dir")
 
 
 def _save_tiny(path, config_cls, model_cls, tokenizer_dir, **cfg):
@@ -37,23 +47,23 @@ def _save_tiny(path, config_cls, model_cls, tokenizer_dir, **cfg):
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_dir(tmp_path_factory, default_model_dir):
+def tiny_qwen2_dir(tmp_path_factory, tokenizer_dir):
     """GQA (4 query heads over 2 KV heads) with biased q/k/v projections, as Qwen2 has."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     return _save_tiny(
-        tmp_path_factory.mktemp("tiny-qwen2"), Qwen2Config, Qwen2ForCausalLM, default_model_dir,
+        tmp_path_factory.mktemp("tiny-qwen2"), Qwen2Config, Qwen2ForCausalLM, tokenizer_dir,
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
     )
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, default_model_dir):
+def tiny_llama_dir(tmp_path_factory, tokenizer_dir):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return _save_tiny(
-        tmp_path_factory.mktemp("tiny-llama"), LlamaConfig, LlamaForCausalLM, default_model_dir,
+        tmp_path_factory.mktemp("tiny-llama"), LlamaConfig, LlamaForCausalLM, tokenizer_dir,
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, max_position_embeddings=2048, tie_word_embeddings=True,
     )
