@@ -88,13 +88,9 @@ async def create_chat_completion(request: Request) -> Response:
     reasoning = state.config.reasoning_parser
 
     def make_builder(first: RequestOutput) -> ChatStreamBuilder:
-        opts = req.stream_options
-        settings = StreamSettings(
-            request_id=request_id, model=state.model_name, created=created, n=req.n,
-            prompt_tokens=len(first.prompt_token_ids),
-            include_usage=bool(opts and opts.include_usage),
-            continuous_usage=bool(opts and opts.include_usage and opts.continuous_usage_stats),
-            logprobs_top=top, tokenizer=engine.tokenizer, echo=[echo] * req.n if echo else None)
+        settings = StreamSettings.for_request(
+            req, request_id=request_id, model=state.model_name, created=created,
+            prompt_tokens=len(first.prompt_token_ids), logprobs_top=top, tokenizer=engine.tokenizer, echo=echo)
         return ChatStreamBuilder(settings, role=role, moderator=state.moderator, reasoning=reasoning)
 
     def make_response(final: RequestOutput) -> Response:

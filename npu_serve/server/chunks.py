@@ -39,6 +39,18 @@ class StreamSettings:
     tokenizer: Any = None  # only needed for logprobs
     echo: list[str] | None = None  # per choice: text to send before the output (echo)
 
+    @classmethod
+    def for_request(cls, req: Any, *, request_id: str, model: str, created: int, prompt_tokens: int,
+                    logprobs_top: int | None, tokenizer: Any, echo: str) -> "StreamSettings":
+        """Settings of one streamed request (chat or completions): usage options from its
+        stream_options, the same echo text for each of its n choices."""
+        opts = req.stream_options
+        return cls(
+            request_id=request_id, model=model, created=created, n=req.n, prompt_tokens=prompt_tokens,
+            include_usage=bool(opts and opts.include_usage),
+            continuous_usage=bool(opts and opts.include_usage and opts.continuous_usage_stats),
+            logprobs_top=logprobs_top, tokenizer=tokenizer, echo=[echo] * req.n if echo else None)
+
 
 @dataclass
 class _Choice:

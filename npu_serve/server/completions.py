@@ -62,13 +62,10 @@ async def create_completion(request: Request) -> Response:
     echo = text if req.echo else ""
 
     def make_builder(first: RequestOutput) -> CompletionStreamBuilder:
-        opts = req.stream_options
-        settings = StreamSettings(
-            request_id=request_id, model=state.model_name, created=created, n=req.n,
-            prompt_tokens=len(first.prompt_token_ids),
-            include_usage=bool(opts and opts.include_usage),
-            continuous_usage=bool(opts and opts.include_usage and opts.continuous_usage_stats),
-            logprobs_top=req.logprobs, tokenizer=engine.tokenizer, echo=[echo] * req.n if echo else None)
+        settings = StreamSettings.for_request(
+            req, request_id=request_id, model=state.model_name, created=created,
+            prompt_tokens=len(first.prompt_token_ids), logprobs_top=req.logprobs, tokenizer=engine.tokenizer,
+            echo=echo)
         return CompletionStreamBuilder(settings, moderator=state.moderator)
 
     def make_response(final: RequestOutput) -> Response:
