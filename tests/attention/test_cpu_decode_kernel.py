@@ -65,6 +65,9 @@ CASES = [  # heads, kv_heads, head_dim, block_size
     (4, 2, 64, 128),
     (8, 8, 128, 16),
     (4, 2, 72, 16),  # head_dim without a compiled-in variant, not a multiple of the 16 lanes
+    (32, 8, 64, 16),  # Llama-3.2-1B's layout: 4 query heads per KV head (register-resident path)
+    (16, 2, 128, 16),  # 8 per KV head
+    (10, 2, 64, 16),  # 5 per KV head: no compiled-in group size, generic loops at D=64
 ]
 
 

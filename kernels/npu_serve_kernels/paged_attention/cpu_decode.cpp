@@ -111,9 +111,52 @@ inline float exp_nonpos(float x) {
   return x != x ? x : y;
 }
 
+// With G (query heads per KV head) and head_dim both fixed at compile time, q and the G output
+// accumulators are small local arrays that GCC keeps in vector registers across the token loop,
+// instead of loading and storing them per token. Same operations in the same order as the
+// generic loops below, so results are bitwise identical; ~2x faster for G=3, D=64 in bf16.
+template <typename scalar_t, int GC, int DC>
+void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
+                  int64_t block_size, int64_t L, const float* qf, float fscale, float* scores) {
+  float q[GC][DC];
+  for (int g = 0; g < GC; ++g)
+    for (int i = 0; i < DC; ++i) q[g][i] = qf[g * DC + i];
+  float row[DC];
+  for (int64_t t0 = 0; t0 < L; t0 += block_size) {
+    const scalar_t* base = kbase + table[t0 / block_size] * block_stride;
+    const int64_t n = std::min(block_size, L - t0);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* k = load_row(base + j * token_stride, row, DC);
+      for (int g = 0; g < GC; ++g) scores[g * L + t0 + j] = fscale * dot(q[g], k, DC);
+    }
+  }
+}
+
+template <typename scalar_t, int GC, int DC>
+void v_pass_fixed(const scalar_t* vbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
+                  int64_t block_size, int64_t L, const float* scores, float* acc_out) {
+  float acc[GC][DC];
+  for (int g = 0; g < GC; ++g)
+    for (int i = 0; i < DC; ++i) acc[g][i] = 0.f;
+  float row[DC];
+  for (int64_t t0 = 0; t0 < L; t0 += block_size) {
+    const scalar_t* base = vbase + table[t0 / block_size] * block_stride;
+    const int64_t n = std::min(block_size, L - t0);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* v = load_row(base + j * token_stride, row, DC);
+      for (int g = 0; g < GC; ++g) {
+        const float p = scores[g * L + t0 + j];
+        for (int i = 0; i < DC; ++i) acc[g][i] += p * v[i];
+      }
+    }
+  }
+  for (int g = 0; g < GC; ++g)
+    for (int i = 0; i < DC; ++i) acc_out[g * DC + i] = acc[g][i];
+}
+
 // DC > 0 fixes head_dim at compile time (unrolled inner loops; ~10% faster at D=64 in bf16);
 // DC == 0 reads it from q.
-template <typename scalar_t, int DC>
+template <typename scalar_t, int DC, int GC>
 void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
                  at::Tensor& out) {
@@ -121,7 +164,7 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
   constexpr int64_t kD = DC;
   const int64_t D = DC > 0 ? kD : q.size(2);
   const int64_t block_size = k_cache.size(1), Hkv = k_cache.size(2);
-  const int64_t G = H / Hkv;
+  const int64_t G = GC > 0 ? GC : H / Hkv;
   const int64_t max_blocks = block_tables.size(1);
   const float fscale = static_cast<float>(scale);
 
@@ -165,6 +208,10 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
       }
 
       // Pass 1: scores[g, t] = scale * q_g . k_t, one read of each K row for all G heads.
+      if constexpr (GC > 0 && DC > 0) {
+        k_pass_fixed<scalar_t, GC, DC>(kp + h * D, table, block_stride, token_stride, block_size, L, qf.data(),
+                                       fscale, scores.data());
+      } else
       for (int64_t t0 = 0; t0 < L; t0 += block_size) {
         const scalar_t* base = kp + table[t0 / block_size] * block_stride + h * D;
         const int64_t n = std::min(block_size, L - t0);
@@ -184,6 +231,10 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
       }
 
       // Pass 2: acc[g] = sum_t p[g, t] * v_t, one read of each V row.
+      if constexpr (GC > 0 && DC > 0) {
+        v_pass_fixed<scalar_t, GC, DC>(vp + h * D, table, block_stride, token_stride, block_size, L,
+                                       scores.data(), acc.data());
+      } else {
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t0 = 0; t0 < L; t0 += block_size) {
         const scalar_t* base = vp + table[t0 / block_size] * block_stride + h * D;
@@ -197,9 +248,25 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
           }
         }
       }
+      }
       for (int64_t g = 0; g < G; ++g)
         for (int64_t i = 0; i < D; ++i) o[g * D + i] = static_cast<scalar_t>(acc[g * D + i] * inv_sum[g]);
     }
+  }
+}
+
+// G = 1 (MHA), 2, 3 (SmolLM2: 9 over 3), 4 (Llama-3.2-1B: 32 over 8) and 8 get register-resident
+// passes; other layouts take the generic loops.
+template <typename scalar_t, int DC>
+void dispatch_group(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                    const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, at::Tensor& out) {
+  switch (q.size(1) / k_cache.size(2)) {
+    case 1: decode_impl<scalar_t, DC, 1>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case 2: decode_impl<scalar_t, DC, 2>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case 3: decode_impl<scalar_t, DC, 3>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case 4: decode_impl<scalar_t, DC, 4>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case 8: decode_impl<scalar_t, DC, 8>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    default: decode_impl<scalar_t, DC, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
   }
 }
 
@@ -207,9 +274,9 @@ template <typename scalar_t>
 void dispatch_dim(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, at::Tensor& out) {
   switch (q.size(2)) {
-    case 64: decode_impl<scalar_t, 64>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case 128: decode_impl<scalar_t, 128>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    default: decode_impl<scalar_t, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
+    case 64: dispatch_group<scalar_t, 64>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case 128: dispatch_group<scalar_t, 128>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    default: decode_impl<scalar_t, 0, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
   }
 }
 
