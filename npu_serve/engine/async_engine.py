@@ -85,6 +85,10 @@ class AsyncEngine:
                 raise InvalidParameter("request_id", f"request id {request_id!r} is already in use")
             self._mailboxes[request_id] = box
         self._inbox.put(("add", parent))
+        if self.dead_error is not None:  # died between the health check and registering the mailbox
+            with self._lock:
+                self._mailboxes.pop(request_id, None)
+            raise EngineDeadError(f"the engine loop is not running: {self.dead_error!r}")
         finished = False
         try:
             while not finished:
@@ -117,11 +121,19 @@ class AsyncEngine:
                     self._publish(core.step())
         except BaseException as exc:  # the loop itself broke: nothing can make progress any more
             logger.exception("engine loop died")
-            self.dead_error = exc
-            with self._lock:
-                boxes = list(self._mailboxes.values())
-            for box in boxes:
-                box.loop.call_soon_threadsafe(box.put, EngineDeadError(f"engine loop died: {exc!r}"))
+            self._fail_all(exc, f"engine loop died: {exc!r}")
+        else:  # shut down: whoever still waits gets an answer instead of hanging
+            self._fail_all(EngineDeadError("the engine was shut down"), "the engine was shut down")
+
+    def _fail_all(self, cause: BaseException, message: str) -> None:
+        self.dead_error = cause  # before the snapshot below: generate() re-checks it after registering
+        with self._lock:
+            boxes = list(self._mailboxes.values())
+        for box in boxes:
+            try:
+                box.loop.call_soon_threadsafe(box.put, EngineDeadError(message))
+            except RuntimeError:  # that event loop is closed already
+                pass
 
     def _drain_inbox(self, block: bool) -> None:
         try:

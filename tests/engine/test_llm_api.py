@@ -85,3 +85,30 @@ def test_bad_params_are_refused_with_the_parameter_named():
     with pytest.raises(InvalidParameter) as err:
         SamplingParams(presence_penalty=2.5)
     assert err.value.param == "presence_penalty"
+
+
+def test_async_engine_answers_waiters_on_shutdown_and_refuses_after(tiny_llama_dir):
+    import asyncio
+
+    from npu_serve import AsyncEngine
+    from npu_serve.errors import EngineDeadError
+
+    async def main():
+        engine = AsyncEngine(str(tiny_llama_dir), device="cpu", dtype="float32", max_model_len=2048)
+        params = SamplingParams(temperature=0, max_tokens=2000, ignore_eos=True)  # far longer than the test
+
+        async def consume():
+            async for _ in engine.generate("long one", params, request_id="long"):
+                pass
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.2)
+        await engine.shutdown()
+        with pytest.raises(EngineDeadError):
+            await asyncio.wait_for(task, 10)  # answered, not left hanging
+        assert not engine.is_healthy
+        with pytest.raises(EngineDeadError):
+            async for _ in engine.generate("after", params, request_id="late"):
+                pass
+
+    asyncio.run(main())
