@@ -68,6 +68,8 @@ CASES = [  # heads, kv_heads, head_dim, block_size
     (32, 8, 64, 16),  # Llama-3.2-1B's layout: 4 query heads per KV head (register-resident path)
     (16, 2, 128, 16),  # 8 per KV head
     (10, 2, 64, 16),  # 5 per KV head: no compiled-in group size, generic loops at D=64
+    (9, 3, 64, 8),  # blocks smaller than the K pass's 16-token groups
+    (4, 2, 64, 24),  # blocks that are not a multiple of 16: groups of 16 and 8 per block
 ]
 
 
