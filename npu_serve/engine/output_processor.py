@@ -71,9 +71,6 @@ class OutputProcessor:
         for j, lp in enumerate(logprobs):
             parent.prompt_logprobs[start + 1 + j] = self._logprob_dict(lp)
 
-    def parent_of(self, req: Request) -> ParentState | None:
-        return self.parents.get(req.parent_id or req.request_id)
-
     def on_token(self, req: Request, logprobs: TokenLogprobs | None) -> str | None:
         """Feed the newest token of `req` to its detokenizer; returns a matched stop string."""
         parent = self.parents[req.parent_id]

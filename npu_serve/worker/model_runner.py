@@ -58,8 +58,8 @@ class ModelRunner:
         seq_lens: list[int] = []
         sample_idx: list[int] = []
         max_blocks = max(len(s.block_ids) for s in so.scheduled)
-        tables = torch.zeros((len(so.scheduled), max_blocks), dtype=torch.int32)
-        for i, s in enumerate(so.scheduled):
+        tables: list[list[int]] = []  # padded with the null block 0
+        for s in so.scheduled:
             end = s.start + s.num_new_tokens
             input_ids += s.request.token_slice(s.start, end)
             positions += range(s.start, end)
@@ -67,7 +67,7 @@ class ModelRunner:
             slots += [ids[p // bs] * bs + p % bs for p in range(s.start, end)]
             qsl.append(qsl[-1] + s.num_new_tokens)
             seq_lens.append(end)
-            tables[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
+            tables.append(ids + [0] * (max_blocks - len(ids)))
             if s.sample:
                 sample_idx.append(qsl[-1] - 1)
         dev = self.device
@@ -76,7 +76,7 @@ class ModelRunner:
             num_decodes=so.num_decodes,
             query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
             seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=tables.to(dev),
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
             query_start_loc_cpu=qsl,
             seq_lens_cpu=seq_lens,
