@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from npu_serve.attention import hf_bridge
 from npu_serve.config import EngineConfig, EngineFacts
 from npu_serve.engine.engine_core import EngineCore
 from npu_serve.engine.scheduler import SchedulerConfig
@@ -66,7 +67,8 @@ def build_engine_core(config: EngineConfig) -> tuple[EngineCore, EngineFacts, ob
         max_len = capacity
     backend_name = os.environ.get("NPU_SERVE_ATTENTION_BACKEND") or platform.attention_backend
     backend = get_backend(backend_name)
-    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend)
+    layers = hf_bridge.install(loaded.model, backend)  # UnsupportedModel before any KV is allocated
+    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers)
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,
