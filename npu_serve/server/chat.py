@@ -128,7 +128,8 @@ async def create_chat_completion(request: Request) -> Response:
             return moderation_refusal()
         completion_tokens = sum(len(out.token_ids) for out in final.outputs)
         body = ChatCompletionResponse(id=response_id, created=created, model=state.model_name, choices=choices,
-                                      usage=usage(len(final.prompt_token_ids), completion_tokens))
+                                      usage=usage(len(final.prompt_token_ids), completion_tokens),
+                                      prompt_logprobs=lp.prompt_logprobs(final.prompt_logprobs, engine.tokenizer))
         return JSONResponse(body.model_dump())
 
     return await run_request(request, engine, prompt_ids, params, request_id, req.stream, make_builder, make_response)

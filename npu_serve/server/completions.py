@@ -72,12 +72,14 @@ async def create_completion(request: Request) -> Response:
         if state.moderator is not None and any(state.moderator.check(out.text) for out in final.outputs):
             return moderation_refusal()
         choices = []
+        prompt_lps = lp.prompt_logprobs(final.prompt_logprobs, engine.tokenizer)
         for out in final.outputs:
             logprobs = None
             if req.logprobs is not None and out.logprobs is not None:
                 logprobs = lp.completion_logprobs(out.token_ids, out.logprobs, req.logprobs, engine.tokenizer)
             choices.append(CompletionChoice(index=out.index, text=echo + out.text, logprobs=logprobs,
-                                            finish_reason=str(out.finish_reason), stop_reason=out.stop_reason))
+                                            finish_reason=str(out.finish_reason), stop_reason=out.stop_reason,
+                                            prompt_logprobs=prompt_lps))
         completion_tokens = sum(len(out.token_ids) for out in final.outputs)
         body = CompletionResponse(id=response_id, created=created, model=state.model_name, choices=choices,
                                   usage=usage(len(final.prompt_token_ids), completion_tokens))

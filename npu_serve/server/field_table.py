@@ -52,7 +52,7 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule('top_logprobs', I, None, None,
               'chat: top logprobs per token; needs `logprobs: true`'),
     FieldRule('prompt_logprobs', I, I, None,
-              'logprobs of the prompt tokens'),
+              'logprobs of the prompt tokens (chat: beside `usage`; completions: in the choice); not with `stream: true`'),
     FieldRule('use_beam_search', I, I, None,
               'beam search over n beams (temperature 0, top_p 1, top_k -1)'),
     FieldRule('length_penalty', I, I, None,

@@ -21,6 +21,9 @@ def check_request(req: _SamplingFields) -> None:
     (Fields refused whole are refused earlier, by `fields.screen`, from docs/api-fields.md.)"""
     if req.stream_options is not None and not req.stream:
         raise InvalidParameter("stream_options", "`stream_options` can only be defined when `stream=True`.")
+    if req.prompt_logprobs is not None and req.stream:
+        # Stream chunks have no place for them (current vLLM refuses the same way).
+        raise InvalidParameter("prompt_logprobs", "`prompt_logprobs` are not available when `stream=True`.")
     if isinstance(req, ChatCompletionRequest):
         if req.top_logprobs is not None:
             if not req.logprobs:
