@@ -54,7 +54,7 @@ FIELD_RULES: tuple[FieldRule, ...] = (
     FieldRule('prompt_logprobs', I, I, None,
               'logprobs of the prompt tokens (chat: beside `usage`; completions: in the choice); not with `stream: true`'),
     FieldRule('use_beam_search', I, I, None,
-              'beam search over n beams (temperature 0, top_p 1, top_k -1)'),
+              "beam search over n beams (temperature 0, top_p 1, top_k -1); it ranks by the model's own log-probabilities, so `logit_bias`, `min_tokens` and the penalties are a 400 with it"),
     FieldRule('length_penalty', I, I, None,
               'beam search only'),
     FieldRule('early_stopping', I, I, None,

@@ -4,7 +4,8 @@ Each top-level field (and each `stream_options` key) is implemented, ignored or 
 endpoint; the rows live in `field_table.py`, generated from the doc's table, which is the one
 place they are decided. `screen` turns a body into what the pydantic request models validate:
 
-- implemented fields pass through untouched (the models type-check them);
+- implemented fields pass through untouched (the models type-check them), except null, which
+  means "not sent" (OpenAI's nullable fields; some clients send every field, unset ones as null);
 - ignored fields are dropped, with a debug log line;
 - refused fields answer 400 naming the field, unless the value is null or the row's no-op value;
 - unknown fields pass through to the models, which forbid them (400 `extra_forbidden`, the 909
@@ -95,7 +96,8 @@ def _screen_level(data: dict[str, Any], endpoint: str, accept_unknown: bool, tab
         rule = table.get(name)
         status = rule.status(endpoint) if rule is not None else None
         if status is Status.IMPLEMENTED:
-            out[key] = value
+            if value is not None:
+                out[key] = value
         elif status is Status.IGNORED:
             ignored.append(name)
         elif status is Status.REFUSED:

@@ -395,6 +395,13 @@ def check_continuous_usage(server, endpoint, name):
     assert chunks[-1]["usage"]["completion_tokens"] == MAX
 
 
+def check_use_beam_search(server, endpoint, name):
+    # Were the field dropped, n 2 with greedy would be a 400: no "differs" premise needed.
+    sampling(True, {"n": 2}, differs=False)(server, endpoint, name)
+    for extra in ({"logit_bias": {"5": 10}}, {"min_tokens": 2}, {"presence_penalty": 1.0}):
+        refused(post(server, endpoint, {name: True, "n": 2, **extra}), next(iter(extra)))
+
+
 BIAS_EOS = {"logit_bias": {"2": 100}}  # token 2 is the tiny models' EOS
 SAMPLED = {"temperature": 1.0, "seed": 7}
 
@@ -423,7 +430,7 @@ IMPLEMENTED: dict[str, Callable] = {
     "logprobs": check_logprobs,
     "top_logprobs": check_top_logprobs,
     "prompt_logprobs": check_prompt_logprobs,
-    "use_beam_search": sampling(True, {"n": 2}, differs=False),  # dropped, n 2 with greedy is a 400
+    "use_beam_search": check_use_beam_search,
     # A stop token at a runner-up first token finishes a 1-token hypothesis early: length_penalty 0
     # prefers it to the long beams; early_stopping may end the search once enough have finished.
     "length_penalty": beam(0.0, [slice(1, 2), slice(1, 3)]),

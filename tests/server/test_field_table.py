@@ -144,3 +144,9 @@ def test_screen_unknown_fields(caplog):
     assert "temprature, max_completion_tokens" in caplog.text
     assert screen({"stream_options": {"nope": 1}}, "chat", accept_unknown=True) == {"stream_options": {}}
     assert body == {"model": "m", "temprature": 1, "max_completion_tokens": 3}  # the input is not modified
+
+
+def test_screen_treats_null_as_not_sent():
+    body = {"model": "m", "n": None, "stop": None, "user": None, "audio": None, "stream_options": {"include_usage": None}}
+    assert screen(body, "chat") == {"model": "m", "stream_options": {}}
+    assert screen({"nope": None}, "chat") == {"nope": None}  # unknown stays unknown, null or not
