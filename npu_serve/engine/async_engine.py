@@ -16,6 +16,8 @@ import uuid
 from typing import AsyncIterator
 
 from npu_serve.config import EngineConfig
+from npu_serve.engine.client import EngineStats
+from npu_serve.engine.watchdog import StepWatchdog, resolve_step_timeout
 from npu_serve.errors import EngineDeadError, InvalidParameter
 from npu_serve.outputs import RequestOutput
 from npu_serve.sampling_params import SamplingParams
@@ -47,7 +49,7 @@ class AsyncEngine:
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
                  max_model_len: int | None = None, max_num_seqs: int = 128, max_num_batched_tokens: int = 2048,
                  block_size: int | None = None, num_kv_blocks: int | None = None,
-                 enable_prefix_caching: bool = True, seed: int = 0):
+                 enable_prefix_caching: bool = True, seed: int = 0, step_timeout: float | str | None = "auto"):
         from npu_serve.worker.builder import build_engine_core  # torch loads here, not at import
 
         self.config = EngineConfig(model, device, dtype, max_model_len, max_num_seqs, max_num_batched_tokens,
@@ -61,6 +63,12 @@ class AsyncEngine:
         self._lock = threading.Lock()
         self._stopping = False
         self.dead_error: BaseException | None = None
+        self._dead_message: str | None = None
+        # Queue accounting for stats(): requests put in the inbox (counted on the event loop) and
+        # taken out (on the engine thread); each counter has one writer, so no lock is needed.
+        self._inbox_in = self._inbox_in_tokens = self._inbox_out = self._inbox_out_tokens = 0
+        self._waiting_tokens = 0  # of the scheduler's waiting queue, refreshed by the engine thread
+        self.watchdog = StepWatchdog(resolve_step_timeout(step_timeout, self.facts.device), self._on_stuck)
         self._thread = threading.Thread(target=self._run, name="npu-serve-engine", daemon=True)
         self._thread.start()
 
@@ -68,6 +76,28 @@ class AsyncEngine:
     @property
     def is_healthy(self) -> bool:
         return self.dead_error is None and self._thread.is_alive()
+
+    @property
+    def dead_reason(self) -> str | None:
+        if self.dead_error is not None:
+            return self._dead_message or repr(self.dead_error)
+        if not self._thread.is_alive():
+            return "the engine thread has exited"
+        return None
+
+    def stats(self) -> EngineStats:
+        """Read without locking: each number is at most one step old. `waiting` and
+        `waiting_tokens` include requests still in the inbox, so admission sees them at once."""
+        sched = self.core.scheduler
+        buckets, step_sum = self.watchdog.histogram()
+        return EngineStats(
+            running=len(sched.running), waiting=len(sched.waiting) + max(0, self._inbox_in - self._inbox_out),
+            kv_blocks_used=sched.kv.num_used_blocks(), kv_blocks_total=sched.kv.pool.num_usable_blocks,
+            num_preemptions=sched.num_preemptions, prefix_hit_tokens=sched.num_prefix_hit_tokens,
+            num_steps=self.watchdog.num_steps,
+            waiting_tokens=self._waiting_tokens + max(0, self._inbox_in_tokens - self._inbox_out_tokens),
+            prefix_query_tokens=sched.num_prefix_query_tokens, num_step_errors=self.core.num_step_errors,
+            step_seconds_buckets=buckets, step_seconds_sum=step_sum)
 
     def kv_cache_usage(self) -> tuple[int, int]:
         kv = self.core.scheduler.kv
@@ -84,6 +114,8 @@ class AsyncEngine:
             if request_id in self._mailboxes:
                 raise InvalidParameter("request_id", f"request id {request_id!r} is already in use")
             self._mailboxes[request_id] = box
+        self._inbox_in_tokens += len(parent.prompt_token_ids)
+        self._inbox_in += 1  # before the put: never counted as out before it was in
         self._inbox.put(("add", parent))
         if self.dead_error is not None:  # died between the health check and registering the mailbox
             with self._lock:
@@ -105,6 +137,7 @@ class AsyncEngine:
         self._inbox.put(("abort", request_id))
 
     async def shutdown(self) -> None:
+        self.watchdog.stop()
         self._stopping = True
         self._inbox.put(("stop", None))
         await asyncio.to_thread(self._thread.join, 30)
@@ -113,19 +146,34 @@ class AsyncEngine:
     def _run(self) -> None:
         core = self.core
         try:
-            while not self._stopping:
+            while not self._stopping and self.dead_error is None:
                 self._drain_inbox(block=not core.has_unfinished)
                 if self._stopping:
                     break
                 if core.has_unfinished:
-                    self._publish(core.step())
+                    with self.watchdog.step():
+                        outputs = core.step()
+                    if self.dead_error is not None:  # the watchdog gave up on this step meanwhile
+                        break
+                    self._waiting_tokens = _tokens_to_compute(core.scheduler.waiting)
+                    self._publish(outputs)
         except BaseException as exc:  # the loop itself broke: nothing can make progress any more
             logger.exception("engine loop died")
             self._fail_all(exc, f"engine loop died: {exc!r}")
         else:  # shut down: whoever still waits gets an answer instead of hanging
-            self._fail_all(EngineDeadError("the engine was shut down"), "the engine was shut down")
+            if self.dead_error is None:
+                self._fail_all(EngineDeadError("the engine was shut down"), "the engine was shut down")
+        finally:
+            self.watchdog.stop()
+
+    def _on_stuck(self, seconds: float) -> None:  # on the watchdog thread
+        message = (f"the engine is stuck: one step has run for {seconds:.1f} s "
+                   f"(step timeout {self.watchdog.timeout_s:g} s)")
+        logger.error("%s; failing every waiting request", message)
+        self._fail_all(EngineDeadError(message), message)
 
     def _fail_all(self, cause: BaseException, message: str) -> None:
+        self._dead_message = message
         self.dead_error = cause  # before the snapshot below: generate() re-checks it after registering
         with self._lock:
             boxes = list(self._mailboxes.values())
@@ -140,10 +188,13 @@ class AsyncEngine:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
             return
+        added = added_tokens = 0
         while True:
             kind, payload = item
             if kind == "add":
                 self.core.add(payload)
+                added += 1
+                added_tokens += len(payload.prompt_token_ids)
             elif kind == "abort":
                 out = self.core.abort(payload)
                 if out is not None:
@@ -153,7 +204,11 @@ class AsyncEngine:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        # The queue's tokens first, then the inbox's: a request is briefly counted twice, never zero times.
+        self._waiting_tokens = _tokens_to_compute(self.core.scheduler.waiting)
+        self._inbox_out_tokens += added_tokens
+        self._inbox_out += added
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         with self._lock:
@@ -164,3 +219,7 @@ class AsyncEngine:
                     box.loop.call_soon_threadsafe(box.put, out)
                 except RuntimeError:  # that event loop is closed: nobody is listening any more
                     pass
+
+
+def _tokens_to_compute(requests) -> int:
+    return sum(r.num_tokens - r.num_computed_tokens for r in requests)

@@ -35,6 +35,7 @@ class EngineCore:
         self.eos_token_ids = eos_token_ids
         self.outputs = OutputProcessor(tokenizer)
         self.max_model_len = scheduler_config.max_model_len
+        self.num_step_errors = 0  # steps whose forward raised (for /metrics)
 
     # -- intake -----------------------------------------------------------------------------------
     def make_parent(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> ParentState:
@@ -105,6 +106,7 @@ class EngineCore:
             result = self.executor.execute(so)
         except Exception as exc:  # a failed forward fails the requests in it, not the server
             logger.exception("engine step failed")
+            self.num_step_errors += 1
             return self._fail(so, f"{type(exc).__name__}: {exc}")
         progressed = self.scheduler.update(so, result.sampled, result.beam_candidates)
         touched: dict[str, ParentState] = {}
