@@ -138,7 +138,7 @@ def _content_length(scope) -> int | None:
 
 
 async def _refuse(send, err: APIError, retry_after: int | None = None) -> None:
-    body = json.dumps(error_body(err.status, err.message, err.param, err.err_type)).encode()
+    body = json.dumps(error_body(err.status, err.message, err.param, err.err_type), separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
