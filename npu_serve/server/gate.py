@@ -15,6 +15,7 @@ refusal (a 4xx or 503 answer before any stream began) in `npu_serve:request_refu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -90,6 +91,9 @@ class GateMiddleware:
                 await _refuse(send, APIError(503, admission.message(reason)), self.state.config.retry_after_s)
                 return
             ctx.ticket = admission.admit()
+            # Let the refusals that arrived in the same burst go first: an admitted request's
+            # parsing and tokenizing run without a pause, and must not delay a cheap 503.
+            await asyncio.sleep(0)
         if api:
             self.state.inflight += 1
         try:
