@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-requests", type=int, default=1_000_000)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--body-limit", type=int, default=65536, help="the server's --max-request-body-bytes")
-    p.add_argument("--num-kv-blocks", type=int, default=256,
+    p.add_argument("--num-kv-blocks", type=int, default=48,
                    help="with --model: a pool small enough that concurrent long prompts preempt each other")
     p.add_argument("--rss-bound-mb", type=float, default=100.0, help="allowed RSS growth after the reference phase")
     p.add_argument("--seed", type=int, default=0)
