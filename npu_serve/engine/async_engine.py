@@ -67,7 +67,6 @@ class AsyncEngine:
         # Queue accounting for stats(): requests put in the inbox (counted on the event loop) and
         # taken out (on the engine thread); each counter has one writer, so no lock is needed.
         self._inbox_in = self._inbox_in_tokens = self._inbox_out = self._inbox_out_tokens = 0
-        self._waiting_tokens = 0  # of the scheduler's waiting queue, refreshed by the engine thread
         self.watchdog = StepWatchdog(resolve_step_timeout(step_timeout, self.facts.device), self._on_stuck)
         self._thread = threading.Thread(target=self._run, name="npu-serve-engine", daemon=True)
         self._thread.start()
@@ -86,16 +85,19 @@ class AsyncEngine:
         return None
 
     def stats(self) -> EngineStats:
-        """Read without locking: each number is at most one step old. `waiting` and
-        `waiting_tokens` include requests still in the inbox, so admission sees them at once."""
+        """Read without locking (each number may be a step old). `waiting` and `waiting_tokens`
+        include requests still in the inbox, so admission sees them at once; a request moving from
+        the inbox to the queue may briefly count twice, never zero times."""
         sched = self.core.scheduler
+        queued = list(sched.waiting)  # one C-level copy under the GIL: safe while the engine thread runs
         buckets, step_sum = self.watchdog.histogram()
         return EngineStats(
-            running=len(sched.running), waiting=len(sched.waiting) + max(0, self._inbox_in - self._inbox_out),
+            running=len(sched.running), waiting=len(queued) + max(0, self._inbox_in - self._inbox_out),
             kv_blocks_used=sched.kv.num_used_blocks(), kv_blocks_total=sched.kv.pool.num_usable_blocks,
             num_preemptions=sched.num_preemptions, prefix_hit_tokens=sched.num_prefix_hit_tokens,
             num_steps=self.watchdog.num_steps,
-            waiting_tokens=self._waiting_tokens + max(0, self._inbox_in_tokens - self._inbox_out_tokens),
+            waiting_tokens=sum(r.num_tokens - r.num_computed_tokens for r in queued)
+            + max(0, self._inbox_in_tokens - self._inbox_out_tokens),
             prefix_query_tokens=sched.num_prefix_query_tokens, num_step_errors=self.core.num_step_errors,
             step_seconds_buckets=buckets, step_seconds_sum=step_sum)
 
@@ -155,7 +157,6 @@ class AsyncEngine:
                         outputs = core.step()
                     if self.dead_error is not None:  # the watchdog gave up on this step meanwhile
                         break
-                    self._waiting_tokens = _tokens_to_compute(core.scheduler.waiting)
                     self._publish(outputs)
         except BaseException as exc:  # the loop itself broke: nothing can make progress any more
             logger.exception("engine loop died")
@@ -205,8 +206,7 @@ class AsyncEngine:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 break
-        # The queue's tokens first, then the inbox's: a request is briefly counted twice, never zero times.
-        self._waiting_tokens = _tokens_to_compute(self.core.scheduler.waiting)
+        # Counted out of the inbox only once in the queue: briefly twice, never zero times.
         self._inbox_out_tokens += added_tokens
         self._inbox_out += added
 
@@ -219,7 +219,3 @@ class AsyncEngine:
                     box.loop.call_soon_threadsafe(box.put, out)
                 except RuntimeError:  # that event loop is closed: nobody is listening any more
                     pass
-
-
-def _tokens_to_compute(requests) -> int:
-    return sum(r.num_tokens - r.num_computed_tokens for r in requests)

@@ -1,4 +1,4 @@
-"""Helpers for the operations tests: scrape /metrics, a raw HTTP client (scripts/soak.py's), timing."""
+"""Helpers for the operations tests: scrape /metrics, and scripts/rawhttp.py (soak.py's raw client)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-_SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
+_RAWHTTP = Path(__file__).resolve().parents[2] / "scripts" / "rawhttp.py"
 
 
-def soak_module():
-    """scripts/soak.py as a module (its minimal asyncio HTTP client is shared with the tests)."""
-    if "npu_serve_soak" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("npu_serve_soak", _SOAK)
+def rawhttp():
+    """scripts/rawhttp.py as a module (scripts/ is not a package)."""
+    if "npu_serve_rawhttp" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("npu_serve_rawhttp", _RAWHTTP)
         module = importlib.util.module_from_spec(spec)
-        sys.modules["npu_serve_soak"] = module
+        sys.modules["npu_serve_rawhttp"] = module
         spec.loader.exec_module(module)
-    return sys.modules["npu_serve_soak"]
+    return sys.modules["npu_serve_rawhttp"]
 
 
 async def raw_http(port: int, method: str, path: str, body: bytes | None = None, **kw):
-    return await soak_module().http("127.0.0.1", port, method, path, body, **kw)
+    return await rawhttp().http("127.0.0.1", port, method, path, body, **kw)
 
 
 def scrape(server, headers: dict | None = None) -> dict[tuple[str, frozenset], float]:

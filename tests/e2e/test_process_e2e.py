@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.e2e.conftest import free_port, sse_lines
-from tests.e2e.ops_util import soak_module
+from tests.e2e.ops_util import rawhttp
 
 KEY = "sk-process-e2e-5e3cf0a1b2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -88,9 +88,9 @@ def completion(max_tokens: int, stream: bool = False) -> bytes:
 async def burst(port: int, n: int, body: bytes):
     """n connections opened first, then n requests written back to back; per request: (status,
     seconds from its write to its status line, the whole response)."""
-    soak = soak_module()
-    conns = await asyncio.gather(*(soak.open_conn("127.0.0.1", port) for _ in range(n)))
-    raw = soak.request_bytes("POST", "/v1/completions", "127.0.0.1", body, AUTH)
+    raw_client = rawhttp()
+    conns = await asyncio.gather(*(raw_client.open_conn("127.0.0.1", port) for _ in range(n)))
+    raw = raw_client.request_bytes("POST", "/v1/completions", "127.0.0.1", body, AUTH)
     sent = []
     for _, writer in conns:
         writer.write(raw)
@@ -98,9 +98,9 @@ async def burst(port: int, n: int, body: bytes):
 
     async def answer(i):
         reader, writer = conns[i]
-        status, headers = await soak.read_head(reader)
+        status, headers = await raw_client.read_head(reader)
         head_at = time.monotonic()
-        data = await soak.read_body(reader, headers)
+        data = await raw_client.read_body(reader, headers)
         writer.close()
         return status, head_at - sent[i], headers, data, time.monotonic() - sent[i]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
-import socket
 import ssl
 
 import httpx
