@@ -109,6 +109,8 @@ async def burst(port: int, n: int, body: bytes):
 
 def test_overload_refuses_the_excess_fast_and_completes_the_admitted(processes):
     server, _ = processes
+    alone = asyncio.run(burst(server.port, 8, completion(16)))  # the baseline: 8 requests and nothing else
+    assert [r[0] for r in alone] == [200] * 8
     results = asyncio.run(burst(server.port, 100, completion(16)))
     refused = [r for r in results if r[0] == 503]
     admitted = [r for r in results if r[0] == 200]
@@ -126,8 +128,11 @@ def test_overload_refuses_the_excess_fast_and_completes_the_admitted(processes):
     texts = {json.loads(r[3])["choices"][0]["text"] for r in admitted}
     assert len(texts) == 1  # greedy, same prompt: all the same answer
     e2e = sorted(r[4] for r in admitted)
+    base = sorted(r[4] for r in alone)
+    # Not slowed by the refused ones: printed as a ratio to the baseline (timing is not asserted).
     print(f"\noverload: {len(admitted)} admitted, {len(refused)} refused; refusal p50 {waits[len(waits) // 2] * 1000:.1f} "
-          f"ms, p99 {p99 * 1000:.1f} ms; admitted e2e p50 {e2e[len(e2e) // 2]:.2f} s, max {e2e[-1]:.2f} s")
+          f"ms, p99 {p99 * 1000:.1f} ms; admitted e2e p50 {e2e[len(e2e) // 2]:.3f} s vs {base[len(base) // 2]:.3f} s "
+          f"for 8 alone (x{e2e[len(e2e) // 2] / base[len(base) // 2]:.2f})")
     assert p99 < 0.100, f"503s took {p99 * 1000:.0f} ms at p99"
 
 
