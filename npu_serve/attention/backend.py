@@ -17,6 +17,22 @@ from dataclasses import dataclass
 import torch
 
 
+@dataclass(frozen=True)
+class AttentionLayer:
+    """What one attention layer asks of a backend, read once at engine build from the model's config
+    (never per token). See /work/wt/ATTENTION_CONTRACT.md (issue 9 lands the full version)."""
+
+    layer_idx: int
+    num_heads: int  # query heads (on this rank)
+    num_kv_heads: int  # KV heads (on this rank)
+    head_dim: int  # query/key head size
+    v_head_dim: int  # value head size (== head_dim except MLA)
+    scale: float  # softmax scale
+    sliding_window: int | None = None  # a query at position p sees keys at positions > p - sliding_window
+    logit_softcap: float | None = None  # scores -> softcap * tanh(scores / softcap) before softmax
+    has_sinks: bool = False  # per-head sink logits (gpt-oss's `s_aux`)
+
+
 @dataclass
 class AttentionMetadata:
     num_tokens: int  # T
@@ -48,6 +64,24 @@ class AttentionBackend(ABC):
     """Writes the new K/V into the paged cache, then attends each query over its request's blocks."""
 
     name: str = "abstract"
+
+    def configure(self, block_size: int, dtype: torch.dtype) -> None:
+        """Told once at engine build, before `unsupported` is asked about any layer: the KV block size
+        and the model's dtype. Backends whose ops limit either keep them to check layers against."""
+
+    def unsupported(self, layer: AttentionLayer) -> str | None:
+        """None when this backend computes `layer` exactly; else one sentence naming what it cannot do.
+        Called for every layer at engine build. The default refuses every optional feature."""
+        features = []
+        if layer.sliding_window is not None:
+            features.append(f"sliding-window attention (window {layer.sliding_window})")
+        if layer.logit_softcap is not None:
+            features.append(f"attention logit softcapping ({layer.logit_softcap})")
+        if layer.has_sinks:
+            features.append("attention sinks")
+        if layer.v_head_dim != layer.head_dim:
+            features.append(f"different key and value head sizes ({layer.head_dim} and {layer.v_head_dim})")
+        return f"the {self.name} attention backend does not implement {', '.join(features)}" if features else None
 
     @abstractmethod
     def forward(
