@@ -38,3 +38,8 @@ class EngineDeadError(NpuServeError):
 
 class DeviceUnavailable(NpuServeError):
     """The requested device (or its runtime, e.g. torch_npu + CANN) cannot be used here."""
+
+
+class UnsupportedModel(NpuServeError):
+    """The model uses something npu-serve does not compute exactly on the chosen device (an attention
+    feature or head size a backend lacks). Raised while the engine is built, before weights load."""

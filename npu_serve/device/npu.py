@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from types import ModuleType
 
 import torch
@@ -39,6 +40,16 @@ logger = logging.getLogger(__name__)
 
 ALLOC_CONF_ENV = "PYTORCH_NPU_ALLOC_CONF"
 _current_caps: NpuCapabilities | None = None
+_kept_out = False
+
+
+def keep_torch_npu_out() -> None:
+    """This process runs a CPU/CUDA engine: make `import torch_npu` (and find_spec) fail from now on, for
+    everyone, unless it is already loaded. A None entry in sys.modules is how Python spells that."""
+    global _kept_out
+    if "torch_npu" not in sys.modules:
+        sys.modules["torch_npu"] = None
+        _kept_out = True
 
 
 def import_torch_npu() -> ModuleType:
@@ -47,6 +58,9 @@ def import_torch_npu() -> ModuleType:
     try:
         return importlib.import_module("torch_npu")
     except ModuleNotFoundError as e:
+        if _kept_out and sys.modules.get("torch_npu", 0) is None:
+            raise DeviceUnavailable("NPU requested in a process that already runs a CPU/CUDA engine; torch_npu "
+                                    "was kept out of it: start a new process with --device npu.") from e
         if e.name == "torch_npu":
             raise DeviceUnavailable(
                 "NPU requested but torch-npu is not installed; install the torch-npu build that "
