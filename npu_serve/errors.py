@@ -41,5 +41,6 @@ class DeviceUnavailable(NpuServeError):
 
 
 class UnsupportedModel(NpuServeError):
-    """The model uses something npu-serve does not compute exactly on the chosen device (an attention
-    feature or head size a backend lacks). Raised while the engine is built, before weights load."""
+    """The model uses something npu-serve does not compute exactly (an attention feature a backend
+    lacks, a layer type, a keyword transformers passes that we do not implement). Raised while the
+    engine is built, before any request is served."""

@@ -64,10 +64,10 @@ def build_engine_core(config: EngineConfig) -> tuple[EngineCore, EngineFacts, ob
     platform.warm_up()
     loaded = load_model(resolved, platform, dtype)
     spec = KVCacheSpec.from_hf_config(loaded.config, dtype, block_size)
+    layers = hf_bridge.install(loaded.model, backend)  # the loaded modules' facts, checked again
     profile = None
     if platform.profiles_memory and config.num_kv_blocks is None:
-        hf_bridge.install(loaded.model)
-        profile = profile_forward(loaded.model, platform, spec, backend, config.max_num_batched_tokens,
+        profile = profile_forward(loaded.model, platform, spec, backend, layers, config.max_num_batched_tokens,
                                   config.max_num_seqs)
     num_blocks = _num_blocks(config, spec, profile)
     capacity = (num_blocks - 1) * block_size
@@ -82,7 +82,7 @@ def build_engine_core(config: EngineConfig) -> tuple[EngineCore, EngineFacts, ob
     elif max_len > capacity:
         logger.warning("max_model_len lowered from %d to the KV cache's %d tokens", max_len, capacity)
         max_len = capacity
-    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend)
+    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers)
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
         max_num_batched_tokens=config.max_num_batched_tokens,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
+from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 from npu_serve.worker.forward_context import ForwardContext, forward_context
 from npu_serve.worker.kv_cache import KVCacheSpec, allocate_kv_caches
 
@@ -54,8 +54,9 @@ def dummy_batch(num_tokens: int, num_seqs: int, block_size: int) -> tuple[list[i
 
 @torch.inference_mode()
 def profile_forward(model: torch.nn.Module, platform, spec: KVCacheSpec, backend: AttentionBackend,
-                    num_tokens: int, num_seqs: int) -> MemoryProfile:
-    """Run the largest step once on `platform` and measure what it needs beyond the weights."""
+                    layers: list[AttentionLayer], num_tokens: int, num_seqs: int) -> MemoryProfile:
+    """Run the largest step once on `platform` and measure what it needs beyond the weights. The model
+    must already route attention through `backend` (hf_bridge.install returned `layers`)."""
     device = platform.torch_device
     lens, tables, num_blocks = dummy_batch(num_tokens, num_seqs, spec.block_size)
     platform.synchronize()
@@ -66,7 +67,7 @@ def profile_forward(model: torch.nn.Module, platform, spec: KVCacheSpec, backend
     caches = allocate_kv_caches(spec, num_blocks, device)
     cache_bytes = num_blocks * spec.bytes_per_block
     meta, input_ids, positions, last = _dummy_inputs(lens, tables, spec.block_size, device)
-    with forward_context(ForwardContext(meta, caches, backend)):
+    with forward_context(ForwardContext(meta, caches, backend, layers)):
         logits = model(input_ids=input_ids, position_ids=positions, use_cache=False, logits_to_keep=last).logits
         logits.float()  # the sampler works on float32 logits
     platform.synchronize()
