@@ -83,11 +83,12 @@ TORCH_VERSION="${NPU_SERVE_TORCH_VERSION:-2.13.0}"
 "$PY" -m pip download -q --no-deps "torch==$TORCH_VERSION" -d "$CTX/docker/wheels" >"$WORK/wheel.log" 2>&1 \
     || row "torch wheel" FAIL "pip download torch==$TORCH_VERSION failed (see $WORK/wheel.log)"
 PIP_ARGS="--find-links /opt/npu-serve/docker/wheels"
+CERT_ARG=()
 # A machine whose HTTPS goes through an inspecting proxy trusts it through pip's cert bundle: hand the
 # build the same bundle (it lives in docker/wheels/, which the image deletes after installing).
 CERT="${PIP_CERT:-$("$PY" -m pip config get global.cert 2>/dev/null)}"
 if [ -n "$CERT" ] && [ -f "$CERT" ]; then
-    cp "$CERT" "$CTX/docker/wheels/ca.pem" && PIP_ARGS="$PIP_ARGS --cert /opt/npu-serve/docker/wheels/ca.pem"
+    cp "$CERT" "$CTX/docker/wheels/ca.pem" && CERT_ARG=(--build-arg PIP_CERT=/opt/npu-serve/docker/wheels/ca.pem)
 fi
 start=$SECONDS
 # podman: the docker image format keeps SHELL (pipefail); chroot isolation runs the RUN steps without an
@@ -96,7 +97,7 @@ BUILD_OPTS=()
 [ "$ENGINE" = podman ] && BUILD_OPTS=(--format docker --isolation chroot)
 if ! "$ENGINE" build "${BUILD_OPTS[@]}" --network host -f "$CTX/docker/Dockerfile.cpu" --build-arg BASE="$BASE" \
         --build-arg TORCH_VERSION="$TORCH_VERSION" --build-arg TORCH_INDEX_URL= \
-        --build-arg PIP_EXTRA_ARGS="$PIP_ARGS" -t "$TAG" "$CTX" \
+        --build-arg PIP_EXTRA_ARGS="$PIP_ARGS" "${CERT_ARG[@]}" -t "$TAG" "$CTX" \
         >"$WORK/build.log" 2>&1; then
     row "build Dockerfile.cpu" FAIL "$(tail -n 3 "$WORK/build.log" | tr '\n|' ' /') (see $WORK/build.log)"
     exit 1
