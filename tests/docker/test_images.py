@@ -61,9 +61,9 @@ def test_k8s_manifests_match_the_image():
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def _port() -> int:
+def _port(prefer: int | None = 8080) -> int:
     """8080 as in the image when it is free here, else any free port."""
-    for port in (8080, 0):
+    for port in (prefer, 0) if prefer else (0,):
         with socket.socket() as s:
             try:
                 s.bind(("0.0.0.0", port))
@@ -71,6 +71,20 @@ def _port() -> int:
                 continue
             return s.getsockname()[1]
     raise RuntimeError("no free port")
+
+
+def _wait_healthy(proc, log: Path, port: int, timeout: float = 180) -> bool:
+    """True once GET /health answers 200 from our server; False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return True
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    return False
 
 
 def test_image_command_serves_a_model_mounted_like_modelarts(tmp_path, tiny_llama_dir):
@@ -85,21 +99,17 @@ def test_image_command_serves_a_model_mounted_like_modelarts(tmp_path, tiny_llam
     env["NPU_SERVE_CACHE"] = os.environ.get("NPU_SERVE_CACHE") or str(Path("~/.cache/npu-serve").expanduser())
     env["NPU_SERVE_ATTENTION_BACKEND"] = "torch"
     log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(DOCKER / "serve.sh"), "--num-kv-blocks", "256"], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    for _ in range(3):  # another process on this shared box may take the port between check and bind
+        env["PORT"] = str(port)
+        with open(log, "w") as out:
+            proc = subprocess.Popen([str(DOCKER / "serve.sh"), "--num-kv-blocks", "256"], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        if _wait_healthy(proc, log, port) or "address already in use" not in log.read_text():
+            break
+        port = _port(prefer=None)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                if requests.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        assert proc.poll() is None and f"running on http://0.0.0.0:{port}" in log.read_text(), log.read_text()[-3000:]
         env_health = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")], env=env, timeout=30)
         assert env_health.returncode == 0  # the HEALTHCHECK command agrees
         resp = requests.post(url + "/v1/chat/completions", timeout=60, json={
@@ -108,7 +118,8 @@ def test_image_command_serves_a_model_mounted_like_modelarts(tmp_path, tiny_llam
         body = resp.json()
         assert body["model"] == "model" and body["usage"]["completion_tokens"] == 4
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # what the container runtime sends
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # what the container runtime sends
         rc = proc.wait(timeout=60)
     text = log.read_text()
     assert f"listening on http://0.0.0.0:{port}" in text
