@@ -51,7 +51,10 @@ def build_engine_core(config: EngineConfig) -> tuple[EngineCore, EngineFacts, ob
     dtype = resolve_dtype(config.dtype, platform)
     loaded = load_model(resolve_model(config.model), platform, dtype)
     block_size = config.block_size or platform.default_block_size
-    spec = KVCacheSpec.from_hf_config(loaded.config, dtype, block_size)
+    backend_name = os.environ.get("NPU_SERVE_ATTENTION_BACKEND") or platform.attention_backend
+    backend = get_backend(backend_name)
+    layers = hf_bridge.install(loaded.model, backend)  # UnsupportedModel before any KV is allocated
+    spec = KVCacheSpec.from_layers(layers, dtype, block_size)  # the real K and V sizes of every layer
     num_blocks = _num_blocks(config, spec, platform)
     capacity = (num_blocks - 1) * block_size
     max_len = loaded.max_position_embeddings
@@ -65,9 +68,6 @@ def build_engine_core(config: EngineConfig) -> tuple[EngineCore, EngineFacts, ob
     elif max_len > capacity:
         logger.warning("max_model_len lowered from %d to the KV cache's %d tokens", max_len, capacity)
         max_len = capacity
-    backend_name = os.environ.get("NPU_SERVE_ATTENTION_BACKEND") or platform.attention_backend
-    backend = get_backend(backend_name)
-    layers = hf_bridge.install(loaded.model, backend)  # UnsupportedModel before any KV is allocated
     runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers)
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,

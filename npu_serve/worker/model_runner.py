@@ -148,8 +148,9 @@ class ModelRunner:
         reads every source before any destination is written)."""
         src = torch.tensor([c[0] for c in copies], dtype=torch.long, device=self.device)
         dst = torch.tensor([c[1] for c in copies], dtype=torch.long, device=self.device)
-        for cache in self.kv_caches:
-            cache[:, dst] = cache[:, src]
+        for key_cache, value_cache in self.kv_caches:
+            key_cache[dst] = key_cache[src]
+            value_cache[dst] = value_cache[src]
 
     @staticmethod
     def _prompt_logprob_rows(so: SchedulerOutput, qsl: list[int]) -> list[tuple[ScheduledRequest, list[int], list[int]]]:
