@@ -51,13 +51,13 @@ def greedy(model, prompts: list[list[int]]) -> tuple[list[list[int]], float]:
     between the best and second-best logit over every chosen token (how close greedy came to a tie)."""
     from transformers import GenerationConfig
 
-    config = GenerationConfig(max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=0, eos_token_id=None)
+    config = GenerationConfig(max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=0, eos_token_id=None,
+                              output_scores=True, return_dict_in_generate=True)
     outs, margin = [], float("inf")
     with torch.inference_mode():
         for p in prompts:
             ids = torch.tensor([p])
-            gen = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                                 output_scores=True, return_dict_in_generate=True)
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
             outs.append(gen.sequences[0, len(p):].tolist())
             for scores in gen.scores:
                 top = scores[0].float().topk(2).values
@@ -75,9 +75,9 @@ def test_greedy_equals_generate_through_one_engine(name, tok, prompts, tmp_path_
     family = BY_NAME[name]
     model = family.build(len(tok))
     want, margin = greedy(model, prompts)
-    for feature in family.switches:  # the feature changes transformers' own output
-        without, _ = greedy(family.build(len(tok), off=feature), prompts)
-        assert without != want, f"{name}: switching {feature} off changes nothing; the test would prove nothing"
+    for feature in family.switches:  # the feature changes transformers' own output (on 3 prompts, to save time)
+        without, _ = greedy(family.build(len(tok), off=feature), prompts[:3])
+        assert without != want[:3], f"{name}: switching {feature} off changes nothing; the test would prove nothing"
 
     path = tmp_path_factory.mktemp(name)
     model.save_pretrained(path)
