@@ -19,6 +19,7 @@ from npu_serve.attention import hf_bridge
 from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 from npu_serve.engine.beam_search import candidates_per_beam
 from npu_serve.engine.scheduler import ScheduledRequest, SchedulerOutput
+from npu_serve.errors import UnsupportedModel
 from npu_serve.worker.forward_context import ForwardContext, forward_context
 from npu_serve.worker.kv_cache import KVCacheSpec, allocate_kv_caches
 from npu_serve.worker.sampler import Sampler, SamplingRow, TokenLogprobs, gather_logprobs
@@ -66,8 +67,14 @@ class ModelRunner:
         )
         check = hf_bridge.dry_run_check(self.model)
         zeros = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-        with forward_context(ForwardContext(meta, self.kv_caches, self.backend, self.layers, check)):
-            self.model.get_decoder()(input_ids=zeros, position_ids=zeros, use_cache=False)
+        try:
+            with forward_context(ForwardContext(meta, self.kv_caches, self.backend, self.layers, check)):
+                self.model.get_decoder()(input_ids=zeros, position_ids=zeros, use_cache=False)
+        except UnsupportedModel:
+            raise
+        except Exception as exc:  # the model's own code trips over our attention (a mask it edits, ...)
+            raise UnsupportedModel(f"{check.label}: a one-token forward through npu-serve's attention fails "
+                                   f"({type(exc).__name__}: {exc})") from exc
         check.finish(self.layers)
         for key_cache, value_cache in self.kv_caches:
             key_cache[1].zero_()

@@ -252,3 +252,23 @@ def test_a_config_softcap_the_model_never_applies_is_refused(tmp_path, tokenizer
     with pytest.raises(UnsupportedModel, match="layer 0: its config sets an attention logit softcap of 30.0, but "
                                                "transformers' attention for it passes none"):
         LLM(str(path), device="cpu", dtype="float32", num_kv_blocks=8)
+
+
+def test_a_model_that_edits_its_mask_is_refused_with_the_cause(tiny_llama_dir, monkeypatch):
+    """Model code that works on the mask tensor itself cannot run on npu-serve's mask-free attention:
+    the dry forward's failure becomes an UnsupportedModel naming the cause, at engine build."""
+    from transformers import masking_utils
+    from transformers.models.llama import modeling_llama
+
+    from npu_serve import LLM
+
+    real = masking_utils.create_causal_mask
+
+    def edited(*args, **kwargs):
+        mask = real(*args, **kwargs)
+        return None if mask is None else mask.to(torch.bool)
+
+    monkeypatch.setattr(modeling_llama, "create_causal_mask", edited)
+    with pytest.raises(UnsupportedModel, match=r"a one-token forward through npu-serve's attention fails "
+                                               r"\(AttributeError: 'MaskSeen'"):
+        LLM(str(tiny_llama_dir), device="cpu", dtype="float32", num_kv_blocks=8)
