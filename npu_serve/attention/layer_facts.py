@@ -77,9 +77,18 @@ def attention_layers_from_config(config: Any) -> list[AttentionLayer]:
     name = model_label(config)
     if getattr(text, "use_bidirectional_attention", False) or not getattr(text, "is_causal", True):
         raise UnsupportedModel(f"{name}: its attention is bidirectional; npu-serve runs causal language models only")
-    heads = text.num_attention_heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    try:
+        heads, num_layers = getattr(text, "num_attention_heads", None), getattr(text, "num_hidden_layers", None)
+        if not isinstance(heads, int) or not isinstance(num_layers, int):
+            raise UnsupportedModel(f"{name}: its config names no num_attention_heads / num_hidden_layers; npu-serve "
+                                   "runs decoder-only attention models")
+        kv_heads = getattr(text, "num_key_value_heads", None) or heads
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    except UnsupportedModel:
+        raise
+    except Exception as exc:  # e.g. Gemma 4's per-layer geometry refuses a global head_dim
+        raise UnsupportedModel(f"{name}: npu-serve reads one attention geometry for every layer, and this config "
+                               f"has none ({type(exc).__name__}: {exc})") from None
     v_head_dim = head_dim
     if getattr(text, "qk_nope_head_dim", None) and getattr(text, "v_head_dim", None):
         # MLA as transformers runs it: the latent is expanded to per-head K (nope + rope) and V.
@@ -92,7 +101,7 @@ def attention_layers_from_config(config: Any) -> list[AttentionLayer]:
     window = getattr(text, "sliding_window", None)
     layer_types = getattr(text, "layer_types", None)
     layers = []
-    for i in range(text.num_hidden_layers):
+    for i in range(num_layers):
         kind = layer_types[i] if layer_types is not None else (SLIDING if window is not None else FULL)
         if kind not in (FULL, SLIDING):
             raise UnsupportedModel(f"{name}: layer {i} is of type {kind!r}; npu-serve runs full and "

@@ -272,3 +272,14 @@ def test_a_model_that_edits_its_mask_is_refused_with_the_cause(tiny_llama_dir, m
     with pytest.raises(UnsupportedModel, match=r"a one-token forward through npu-serve's attention fails "
                                                r"\(AttributeError: 'MaskSeen'"):
         LLM(str(tiny_llama_dir), device="cpu", dtype="float32", num_kv_blocks=8)
+
+
+def test_configs_without_one_attention_geometry_are_refused():
+    """RWKV has no attention heads at all; Gemma 4 keeps head sizes per layer (and shares KV between
+    layers): both are refused by name instead of failing somewhere inside the engine."""
+    from transformers import Gemma4TextConfig, RwkvConfig
+
+    with pytest.raises(UnsupportedModel, match="names no num_attention_heads"):
+        hf_bridge.attention_layers_from_config(RwkvConfig(num_hidden_layers=2, hidden_size=64))
+    with pytest.raises(UnsupportedModel, match="one attention geometry for every layer"):
+        hf_bridge.attention_layers_from_config(Gemma4TextConfig(num_hidden_layers=2, hidden_size=64))
