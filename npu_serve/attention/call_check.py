@@ -1,7 +1,8 @@
 """The dry forward's check: what transformers really does, against the layer facts read at install.
 
-The model runner runs one token through the model once, at engine build, with a `CallCheck` on the
-forward context. Then
+The model runner runs one token through the model twice, at engine build, with a `CallCheck` on the
+forward context: once with masks reported as below, once with the mask hook answering None as in
+every serving step (model code may pass other keywords when it gets no mask). Then
 - every mask transformers asks for (create_causal_mask, create_sliding_window_causal_mask, with
   whatever overlays the model adds) reaches our mask hook with its `mask_function`; the hook works
   out which pattern it is (`mask_pattern`: causal, causal with a window of w, or anything else,
@@ -76,6 +77,9 @@ class CallCheck:
 
     label: str
     max_len: int  # the model's context: a window at least this long is no window
+    # True: the mask hook reports each mask's pattern (MaskSeen) for checking. False: it returns None,
+    # as in every serving step, so the keyword arguments checked are those the steps will see.
+    with_masks: bool = True
     calls: dict[int, dict[str, Any]] = field(default_factory=dict)  # layer -> its keyword arguments
     num_calls: int = 0
 
@@ -124,7 +128,7 @@ def check_call(check: CallCheck, module, layer: AttentionLayer, query, key, valu
     elif attention_mask is not None:
         raise UnsupportedModel(f"{where}: the model hands attention a mask it built itself; npu-serve's paged "
                                "attention is causal (with or without a sliding window) only")
-    elif layer.sliding_window is not None or not getattr(module, "is_causal", True):
+    elif check.with_masks and (layer.sliding_window is not None or not getattr(module, "is_causal", True)):
         # No mask at all means SDPA's own causal flag decides: plain causal, or nothing.
         raise UnsupportedModel(f"{where}: the model asks for no attention mask, which is not the "
                                f"{'windowed' if layer.sliding_window else 'causal'} attention npu-serve read")

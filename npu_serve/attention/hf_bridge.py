@@ -37,9 +37,9 @@ from npu_serve.worker.forward_context import get_forward_context
 ATTN_IMPLEMENTATION = "npu_serve"
 
 
-def dry_run_check(model: torch.nn.Module) -> CallCheck:
-    """The CallCheck for the model runner's dry forward of this model."""
-    return CallCheck(model_label(model.config), max_len_of(model.config))
+def dry_run_check(model: torch.nn.Module, with_masks: bool = True) -> CallCheck:
+    """The CallCheck for one of the model runner's dry forwards of this model (call_check.py)."""
+    return CallCheck(model_label(model.config), max_len_of(model.config), with_masks)
 
 
 def install(model: torch.nn.Module, backend: AttentionBackend) -> list[AttentionLayer]:
@@ -84,7 +84,7 @@ def _mask_hook(*args, mask_function=None, **kwargs) -> MaskSeen | None:
     """transformers' mask interface: no mask (our backends mask from the batch metadata), except in
     the dry run, where the pattern the model asked for is checked and handed on as a MaskSeen."""
     ctx = get_forward_context()
-    if ctx.check is None:
+    if ctx.check is None or not ctx.check.with_masks:
         return None
     if mask_function is None:
         raise UnsupportedModel(f"{ctx.check.label}: transformers asked for an attention mask without a mask function; "

@@ -54,9 +54,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _dry_run(self) -> None:
-        """One token through the model with every attention call checked against the layer facts
-        (hf_bridge.CallCheck): an attention feature we would drop is refused here, at engine build,
-        not discovered as wrong tokens. The token goes into block 1, which is zeroed afterwards."""
+        """One token through the model with every mask and attention call checked against the layer
+        facts (hf_bridge.CallCheck), then once more with the masks absent as in serving steps: an
+        attention feature we would drop is refused here, at engine build, not discovered as wrong
+        tokens. The token goes into block 1, which is zeroed afterwards."""
+        for with_masks in (True, False):
+            self._dry_forward(hf_bridge.dry_run_check(self.model, with_masks))
+        for key_cache, value_cache in self.kv_caches:
+            key_cache[1].zero_()
+            value_cache[1].zero_()
+
+    def _dry_forward(self, check: hf_bridge.CallCheck) -> None:
         bs = self.block_size
         one = torch.tensor([1], dtype=torch.int32, device=self.device)
         meta = AttentionMetadata(
@@ -65,7 +73,6 @@ class ModelRunner:
             block_tables=one.view(1, 1), slot_mapping=torch.tensor([bs], dtype=torch.int64, device=self.device),
             query_start_loc_cpu=[0, 1], seq_lens_cpu=[1], block_size=bs,
         )
-        check = hf_bridge.dry_run_check(self.model)
         zeros = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         try:
             with forward_context(ForwardContext(meta, self.kv_caches, self.backend, self.layers, check)):
@@ -76,9 +83,6 @@ class ModelRunner:
             raise UnsupportedModel(f"{check.label}: a one-token forward through npu-serve's attention fails "
                                    f"({type(exc).__name__}: {exc})") from exc
         check.finish(self.layers)
-        for key_cache, value_cache in self.kv_caches:
-            key_cache[1].zero_()
-            value_cache[1].zero_()
 
     # -- batch packing ------------------------------------------------------------------------------
     def _prepare(self, so: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:

@@ -283,3 +283,26 @@ def test_configs_without_one_attention_geometry_are_refused():
         hf_bridge.attention_layers_from_config(RwkvConfig(num_hidden_layers=2, hidden_size=64))
     with pytest.raises(UnsupportedModel, match="one attention geometry for every layer"):
         hf_bridge.attention_layers_from_config(Gemma4TextConfig(num_hidden_layers=2, hidden_size=64))
+
+
+def test_keywords_passed_only_without_a_mask_are_checked_too(tiny_llama_dir, monkeypatch):
+    """Serving steps hand the model no mask at all; model code may then pass other keywords than in
+    the mask-reporting dry forward. The second dry forward (masks absent) sees and refuses them."""
+    from transformers.models.llama import modeling_llama
+
+    from npu_serve import LLM
+
+    real = modeling_llama.ALL_ATTENTION_FUNCTIONS.get_interface
+
+    def with_feature_when_unmasked(name, default):
+        fn = real(name, default)
+
+        def call(module, query, key, value, attention_mask, **kwargs):
+            extra = {"attention_temperature_boost": 1.5} if attention_mask is None else {}
+            return fn(module, query, key, value, attention_mask, **extra, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(modeling_llama.ALL_ATTENTION_FUNCTIONS, "get_interface", with_feature_when_unmasked)
+    with pytest.raises(UnsupportedModel, match="attention_temperature_boost=1.5"):
+        LLM(str(tiny_llama_dir), device="cpu", dtype="float32", num_kv_blocks=8)
