@@ -216,8 +216,8 @@ void v_pass_fixed(const scalar_t* vbase, const int32_t* table, int64_t block_str
   for (int g = 0; g < GC; ++g)
     for (int i = 0; i < DC; ++i) acc[g][i] = 0.f;
   float row[DC];
-  for (int64_t t0 = first; t0 < L;) {
-    const int64_t off = t0 % block_size;
+  // Block by block; only the window's first block may start mid-block.
+  for (int64_t t0 = first, off = first % block_size; t0 < L; off = 0) {
     const scalar_t* base = vbase + table[t0 / block_size] * block_stride + off * token_stride;
     const int64_t n = std::min(block_size - off, L - t0);
     for (int64_t j = 0; j < n; ++j) {
@@ -318,8 +318,7 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
         k_pass_fixed<scalar_t, GC, DC>(kp + h * D, table, block_stride, token_stride, block_size, t_first, L,
                                        qf.data(), fscale, scores.data());
       } else
-      for (int64_t t0 = t_first; t0 < L;) {
-        const int64_t off = t0 % block_size;
+      for (int64_t t0 = t_first, off = t_first % block_size; t0 < L; off = 0) {
         const scalar_t* base = kp + table[t0 / block_size] * block_stride + off * token_stride + h * D;
         const int64_t n = std::min(block_size - off, L - t0);
         for (int64_t j = 0; j < n; ++j) {
@@ -343,8 +342,7 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
                                        scores.data(), acc.data());
       } else {
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t0 = t_first; t0 < L;) {
-        const int64_t off = t0 % block_size;
+      for (int64_t t0 = t_first, off = t_first % block_size; t0 < L; off = 0) {
         const scalar_t* base = vp + table[t0 / block_size] * v_block_stride + off * v_token_stride + h * DV;
         const int64_t n = std::min(block_size - off, L - t0);
         for (int64_t j = 0; j < n; ++j) {
