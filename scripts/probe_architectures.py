@@ -33,7 +33,7 @@ SMALL = dict(
     first_k_dense_replace=1, n_group=1, topk_group=1, kv_lora_rank=32, q_lora_rank=32, qk_nope_head_dim=16,
     qk_rope_head_dim=8, v_head_dim=16, n_embd=64, n_layer=2, n_head=4, n_positions=512, d_model=64,
     num_layers=2, num_heads=4, ffn_dim=128, decoder_layers=2, decoder_attention_heads=4, decoder_ffn_dim=128,
-    max_window_layers=1, initializer_range=0.1, rotary_dim=8,
+    max_window_layers=1, initializer_range=0.1, rotary_dim=8, sliding_window=12,
 )
 PROMPT_LEN, MAX_NEW = 40, 8
 
