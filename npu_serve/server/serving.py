@@ -108,8 +108,9 @@ async def run_request(request: Request, engine: Any, prompt_ids: list[int], para
     """Run one engine request; a disconnect at any point aborts it.
 
     Streaming waits for the first output before answering, so errors the engine raises up front
-    (InvalidParameter, PromptTooLong, EngineDeadError) are still plain HTTP errors; vLLM 0.6.0
-    also sent the role chunk only once the first output existed.
+    (InvalidParameter, PromptTooLong, EngineDeadError) and a request that failed in its first step
+    are still plain HTTP errors (a 500 with the engine's message for the latter); vLLM 0.6.0 also
+    sent the role chunk only once the first output existed.
     """
     gen = engine.generate(prompt_ids, params, request_id)
     handed_over = False
@@ -122,6 +123,7 @@ async def run_request(request: Request, engine: Any, prompt_ids: list[int], para
             check_output(final)
             return make_response(final)
         first = await until_disconnect(request, anext(gen))
+        check_output(first)  # failed before anything was streamed: a plain 500, not a stream of one error
         events = sse_events(first, gen, make_builder(first), lambda: engine.abort(request_id))
         handed_over = True
         return sse_response(events)

@@ -63,8 +63,8 @@ def build_engine_core(config: EngineConfig) -> tuple[EngineCore, EngineFacts, ob
     check_before_load(load_config(resolved.path), resolved.name, backend)
     platform.warm_up()
     loaded = load_model(resolved, platform, dtype)
-    spec = KVCacheSpec.from_hf_config(loaded.config, dtype, block_size)
     layers = hf_bridge.install(loaded.model, backend)  # the loaded modules' facts, checked again
+    spec = KVCacheSpec.from_layers(layers, dtype, block_size)  # the real K and V sizes of every layer
     profile = None
     if platform.profiles_memory and config.num_kv_blocks is None:
         profile = profile_forward(loaded.model, platform, spec, backend, layers, config.max_num_batched_tokens,

@@ -217,7 +217,7 @@ def _meta(dev, q_lens, seq_lens, tables, num_decodes) -> AttentionMetadata:
 def test_copy_on_write_blocks(npu):
     """n > 1 forks share full blocks and copy the partial last one (ModelRunner._copy_blocks on the NPU
     caches); parent and child then diverge in their copies, each reading its own."""
-    from npu_serve.worker.kv_cache import KVCacheSpec, allocate_kv_caches
+    from npu_serve.worker.kv_cache import KVCacheSpec, LayerKVShape, allocate_kv_caches
 
     h, hkv, d = GEOMETRIES["8x2x128"]
     dev = npu.torch_device
@@ -226,7 +226,7 @@ def test_copy_on_write_blocks(npu):
     def rand(t, n):
         return torch.randn(t, n, d, generator=gen).to(torch.bfloat16).to(dev)
 
-    spec = KVCacheSpec(num_layers=1, num_kv_heads=hkv, head_dim=d, dtype=torch.bfloat16, block_size=BS)
+    spec = KVCacheSpec((LayerKVShape(hkv, d, d),), torch.bfloat16, BS)
     caches = allocate_kv_caches(spec, 6, dev)
     backend = _backend(npu)
     layer = layer_for(PagedCase(rand(1, h), rand(1, hkv), rand(1, hkv), None, None, d**-0.5))

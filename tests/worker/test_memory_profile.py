@@ -87,9 +87,9 @@ def test_too_little_memory_still_gives_the_minimum(fraction, blocks):
     # The block pool needs the null block plus one: sizing never returns fewer than 2 (KVCacheSpec).
     import torch
 
-    from npu_serve.worker.kv_cache import KVCacheSpec
+    from npu_serve.worker.kv_cache import KVCacheSpec, LayerKVShape
 
-    spec = KVCacheSpec(num_layers=2, num_kv_heads=2, head_dim=16, dtype=torch.float32, block_size=16)
+    spec = KVCacheSpec((LayerKVShape(2, 16, 16),) * 2, torch.float32, 16)
     profile = MemoryProfile(total_bytes=64 * MIB, used_bytes=60 * MIB, activation_peak_bytes=MIB, num_tokens=96,
                             num_seqs=4)
     assert spec.num_blocks_for(profile.kv_budget(fraction)) == blocks
