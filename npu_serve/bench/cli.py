@@ -52,14 +52,17 @@ def add_bench_parser(subparsers) -> None:
     wl.add_argument("--dataset", default=None, metavar="FILE",
                     help="ShareGPT-style JSON/JSONL: prompts from the first human turn (or a 'prompt' key)")
     wl.add_argument("--max-tokens", type=int, default=128, help="output tokens asked per request (default 128)")
-    wl.add_argument("--ignore-eos", action="store_true", help="ask the server to go on past EOS (max-tokens every time)")
+    wl.add_argument("--ignore-eos", action="store_true",
+                    help="ask the server to go on past EOS (max-tokens every time)")
     wl.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy)")
     wl.add_argument("--extra-body", default=None, metavar="JSON", help="more request fields, e.g. '{\"top_k\": 1}'")
     wl.add_argument("--no-stream-usage", action="store_true",
-                    help="do not send stream_options.include_usage (for servers that refuse it); tokens are then counted as chunks")
+                    help="do not send stream_options.include_usage (for servers that refuse it); "
+                         "output tokens are then counted as text chunks")
     wl.add_argument("--seed", type=int, default=0, help="seed of the prompt words and Poisson arrivals (default 0)")
     wl.add_argument("--salt", default=None,
-                    help="fix the prompts' per-invocation salt (default: random, so no prefix cache helps across invocations)")
+                    help="fix the prompts' per-invocation salt (default: random, so no prefix cache "
+                         "helps across invocations)")
     out = p.add_argument_group("results")
     out.add_argument("--goodput", default=None, metavar="SLOS",
                      help="count requests meeting SLOs in ms, e.g. ttft:500,tpot:50 (metrics: ttft, tpot, e2el)")
@@ -116,6 +119,9 @@ def _run(args: argparse.Namespace) -> int:
         return _run_config(cfg)
     except BenchError as e:
         return _fail(args, e)
+    except KeyboardInterrupt:
+        print("npu-serve bench: interrupted; no results written", file=sys.stderr)
+        return 130
 
 
 def _run_config(cfg) -> int:

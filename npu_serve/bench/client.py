@@ -118,6 +118,9 @@ class StreamClient:
                 if resp.status != 200:
                     rec.error = f"HTTP {resp.status}: {error_message(await resp.text())}"
                     return rec
+                if "text/event-stream" not in resp.headers.get("Content-Type", ""):
+                    rec.error = f"the server did not stream (Content-Type {resp.headers.get('Content-Type')!r})"
+                    return rec
                 await self._read_stream(resp, rec)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             rec.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -129,9 +129,10 @@ def markdown_table(docs: list[dict[str, Any]]) -> str:
     for doc in docs:
         for run in doc["runs"]:
             s, c = run["stats"], run["cpu"]
-            rows.append(f"| {doc['label']} | {_load_name(run)} | {s['num_requests']} | {s['errors']} / {s['short_streams']} "
+            rows.append(f"| {doc['label']} | {_load_name(run)} | {s['num_requests']} "
+                        f"| {s['errors']} / {s['short_streams']} "
                         f"| {_f(s['output_throughput'])} | {_f(s['request_throughput'], '.2f')} "
                         f"| {_dist(s['ttft_ms'], 'p50', '.0f')} | {_dist(s['ttft_ms'], 'p99', '.0f')} "
-                        f"| {_dist(s['itl_ms'], 'p50')} | {_dist(s['tpot_ms'], 'p50')} | {_dist(s['e2el_ms'], 'p50', '.0f')} "
-                        f"| {s['token_source']} | {_f(c.get('other_cores'), '.2f')} |")
+                        f"| {_dist(s['itl_ms'], 'p50')} | {_dist(s['tpot_ms'], 'p50')} "
+                        f"| {_dist(s['e2el_ms'], 'p50', '.0f')} | {s['token_source']} | {_f(c.get('other_cores'), '.2f')} |")
     return "\n".join(rows)

@@ -9,7 +9,8 @@ every request and may still be cached; that holds for every server alike.
 Synthetic prompt length is counted in tokens of the user text (the salt included): exactly, with the
 model's tokenizer (`--tokenizer DIR`); otherwise as one token per word of `WORDS`, an approximation
 that holds exactly for the default model and closely for other BPE tokenizers. The server's usage
-reports the real prompt length (chat template included) either way.
+reports the real prompt length (chat template included) either way. Dataset prompts are drawn
+with replacement (seeded), so a run may ask for more prompts than the file holds.
 """
 
 from __future__ import annotations
