@@ -29,6 +29,7 @@ from npu_serve.bench.workload import Prompt
 
 USAGE = "usage"
 CHUNKS = "chunks"
+STALE_RETRIES = 3  # sends of one request on connections the server had closed, before it counts as failed
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class RequestRecord:
     prompt_tokens: int | None = None  # from the server's usage, when it sent one
     token_source: str = CHUNKS
     finish_reason: str | None = None
+    retries: int = 0  # times it was sent again because its connection had been closed (see send)
 
     @property
     def itl(self) -> list[float]:
@@ -108,23 +110,36 @@ class StreamClient:
         return body
 
     async def send(self, index: int, prompt: Prompt) -> RequestRecord:
-        """Run one request to its end. Never raises for a failed request: the record says what failed."""
+        """Run one request to its end. Never raises for a failed request: the record says what failed.
+
+        A request that could not even be sent because the kept-alive connection it was given had been
+        closed by the server is sent again on a new connection (at most STALE_RETRIES times; timings
+        restart, `retries` counts them). llama.cpp's llama-server does this: it answers
+        `Keep-Alive: timeout=5, max=100` but closes the socket after every streamed response."""
         assert self._session is not None, "use StreamClient as an async context manager"
         rec = RequestRecord(index=index, prompt_tokens_sent=prompt.tokens, max_tokens=self.s.max_tokens)
         body = json.dumps(self.body(prompt))
-        rec.start = time.perf_counter()
-        try:
-            async with self._session.post(self.url, data=body) as resp:
-                if resp.status != 200:
-                    rec.error = f"HTTP {resp.status}: {error_message(await resp.text())}"
+        while True:
+            rec.start = time.perf_counter()
+            answered = False
+            try:
+                async with self._session.post(self.url, data=body) as resp:
+                    answered = True
+                    if resp.status != 200:
+                        rec.error = f"HTTP {resp.status}: {error_message(await resp.text())}"
+                    elif "text/event-stream" not in resp.headers.get("Content-Type", ""):
+                        rec.error = f"the server did not stream (Content-Type {resp.headers.get('Content-Type')!r})"
+                    else:
+                        await self._read_stream(resp, rec)
+                return rec
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as e:
+                if answered or rec.retries >= STALE_RETRIES:
+                    rec.error = _describe(e)
                     return rec
-                if "text/event-stream" not in resp.headers.get("Content-Type", ""):
-                    rec.error = f"the server did not stream (Content-Type {resp.headers.get('Content-Type')!r})"
-                    return rec
-                await self._read_stream(resp, rec)
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            rec.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        return rec
+                rec.retries += 1
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+                rec.error = _describe(e)
+                return rec
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, rec: RequestRecord) -> None:
         usage: dict | None = None
@@ -167,6 +182,10 @@ class StreamClient:
         if rec.ttft is None:  # no text at all (e.g. only special tokens): the first token came with the end
             rec.ttft = rec.latency
         rec.ok = True
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def _text_of(choice: dict) -> str:

@@ -6,7 +6,9 @@ Per run the results record, in cores busy on average over the run (CPU seconds /
 - client: this process (the benchmark itself);
 - server: the process tree under `--server-pid`, when given (threads and child processes);
 - other = machine - client - server: someone else's load. Large values mean the numbers are not clean.
-Linux only (/proc); elsewhere the fields are null.
+Also the share of the run's wall time in which every runnable task was stalled on memory
+(/proc/pressure/memory "full"): a machine short of memory evicts and rereads program pages, and a
+run can then crawl with idle cores. Linux only (/proc); elsewhere the fields are null.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ def machine_busy_seconds() -> float | None:
     idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
     busy = sum(v[:8]) - idle  # user nice system idle iowait irq softirq steal (guest is inside user)
     return busy / _TICK
+
+
+def memory_stall_seconds() -> float | None:
+    """Seconds, since boot, in which all non-idle tasks were stalled on memory (None without PSI)."""
+    try:
+        for line in Path("/proc/pressure/memory").read_text().splitlines():
+            if line.startswith("full"):
+                return int(line.rsplit("total=", 1)[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _children(pid: int) -> list[int]:
@@ -83,6 +96,7 @@ class CpuUse:
     client_cores: float | None
     server_cores: float | None
     other_cores: float | None
+    memory_stall_fraction: float | None = None
 
 
 class CpuMeter:
@@ -98,6 +112,7 @@ class CpuMeter:
         self.machine0 = machine_busy_seconds()
         self.client0 = client_cpu_seconds()
         self.server0 = tree_cpu_seconds(server_pid) if server_pid else None
+        self.stall0 = memory_stall_seconds()
 
     def stop(self) -> CpuUse:
         wall = time.perf_counter() - self.t0
@@ -111,4 +126,6 @@ class CpuMeter:
             s1 = tree_cpu_seconds(self.server_pid)
             server = (s1 - self.server0) / wall if s1 is not None else None
         other = machine - client - (server or 0.0) if machine is not None else None
-        return CpuUse(self.load, machine, client, server, other if server is not None else None)
+        stall1 = memory_stall_seconds()
+        stall = (stall1 - self.stall0) / wall if stall1 is not None and self.stall0 is not None else None
+        return CpuUse(self.load, machine, client, server, other if server is not None else None, stall)

@@ -110,12 +110,16 @@ def format_run(result: RunResult) -> str:
         slo = ", ".join(f"{k}<={v:g} ms" for k, v in s["slos_ms"].items())
         lines.append(f"goodput ({slo}): {_f(s['goodput'], '.3f')} req/s, "
                      f"{_f(100 * s['goodput_fraction'] if s['goodput_fraction'] is not None else None, '.0f')}% of requests")
+    if s.get("resent"):
+        lines.append(f"{s['resent']} requests were sent again: the server had closed their kept-alive connection")
     for msg, count in s["error_messages"].items():
         lines.append(f"error x{count}: {msg}")
     c = d["cpu"]
     lines.append(f"cores busy: machine {_f(c['machine_cores'], '.2f')}, client {_f(c['client_cores'], '.2f')}, "
                  f"server {_f(c['server_cores'], '.2f')}, other {_f(c['other_cores'], '.2f')}; "
-                 f"load avg before {_f(c['load_avg_1m_before'], '.2f')}")
+                 f"load avg before {_f(c['load_avg_1m_before'], '.2f')}"
+                 + (f"; stalled on memory {100 * c['memory_stall_fraction']:.0f}% of the time"
+                    if c.get("memory_stall_fraction") else ""))
     return "\n".join(lines)
 
 

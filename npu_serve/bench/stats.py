@@ -117,6 +117,7 @@ class RunStats:
     goodput: float | None = None  # requests/s meeting every SLO
     goodput_fraction: float | None = None  # of all requests sent
     error_messages: dict[str, int] = field(default_factory=dict)
+    resent: int = 0  # requests sent again because the server had closed their kept-alive connection
 
 
 def summarize(records: list[RequestRecord], duration_s: float, *, ignore_eos: bool,
@@ -146,4 +147,5 @@ def summarize(records: list[RequestRecord], duration_s: float, *, ignore_eos: bo
         e2el_ms=Distribution.of([r.latency for r in ok if r.latency is not None], 1000),
         slos_ms=dict(slos), goodput=None if good is None else good / dur,
         goodput_fraction=None if good is None or not records else good / len(records),
-        error_messages=dict(Counter(r.error or "unknown error" for r in failed).most_common(10)))
+        error_messages=dict(Counter(r.error or "unknown error" for r in failed).most_common(10)),
+        resent=sum(1 for r in records if r.retries))
