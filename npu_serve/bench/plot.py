@@ -80,7 +80,7 @@ def plot_results(docs: list[dict[str, Any]], out: str | Path, title: str | None 
         ax.grid(True, alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     axes.flat[1].legend(fontsize=7)
-    fig.suptitle(title or "npu-serve bench: " + ", ".join(d["model"] for d in docs[:1]))
+    fig.suptitle(title or "npu-serve bench: " + ", ".join(dict.fromkeys(d["model"] for d in docs)))
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

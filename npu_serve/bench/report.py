@@ -75,6 +75,10 @@ def load_results(paths: list[str]) -> list[dict[str, Any]]:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise BenchError(f"{path}: not an npu-serve bench results file (no \"format\": \"{FORMAT}\")")
         docs.append(doc)
+    labels = [d.get("label") for d in docs]
+    for doc, path in zip(docs, paths):  # same label twice (e.g. two rounds): tell them apart by file
+        if labels.count(doc.get("label")) > 1:
+            doc["label"] = f"{doc.get('label')} ({Path(path).name})"
     return docs
 
 

@@ -40,6 +40,9 @@ def test_results_file_round_trip_without_the_key(tmp_path):
     assert "sk-secret" not in text and json.loads(text)["settings"]["api_key"] == "(set)"
     (back,) = load_results([str(path)])
     assert back["label"] == "ours" and [r["concurrency"] for r in back["runs"]] == [1, 8]
+    twice = tmp_path / "again.json"
+    twice.write_text(text)
+    assert [d["label"] for d in load_results([str(path), str(twice)])] == ["ours (r.json)", "ours (again.json)"]
     assert back["runs"][1]["stats"]["output_throughput"] == pytest.approx(40.0)
     assert len(back["runs"][0]["requests"]) == 4
 
