@@ -115,7 +115,9 @@ def format_run(result: RunResult) -> str:
         lines.append(f"goodput ({slo}): {_f(s['goodput'], '.3f')} req/s, "
                      f"{_f(100 * s['goodput_fraction'] if s['goodput_fraction'] is not None else None, '.0f')}% of requests")
     if s.get("resent"):
-        lines.append(f"{s['resent']} requests were sent again: the server had closed their kept-alive connection")
+        n = s["resent"]
+        lines.append(f"{n} request{'s were' if n > 1 else ' was'} sent again: the server had closed "
+                     f"{'their' if n > 1 else 'its'} kept-alive connection")
     for msg, count in s["error_messages"].items():
         lines.append(f"error x{count}: {msg}")
     c = d["cpu"]
@@ -123,7 +125,7 @@ def format_run(result: RunResult) -> str:
                  f"server {_f(c['server_cores'], '.2f')}, other {_f(c['other_cores'], '.2f')}; "
                  f"load avg before {_f(c['load_avg_1m_before'], '.2f')}"
                  + (f"; stalled on memory {100 * c['memory_stall_fraction']:.0f}% of the time"
-                    if c.get("memory_stall_fraction") else ""))
+                    if (c.get("memory_stall_fraction") or 0) >= 0.01 else ""))
     return "\n".join(lines)
 
 

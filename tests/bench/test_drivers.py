@@ -70,8 +70,8 @@ def test_open_loop_sends_on_schedule_and_honours_the_cap():
     asyncio.run(open_loop(capped.send, PROMPTS, float("inf"), seed=0, max_concurrency=2))
     assert capped.peak == 2
     timed = Recorder(0.0)
-    asyncio.run(open_loop(timed.send, PROMPTS[:4], 20.0, seed=3))
-    expected = arrival_times(4, 20.0, seed=3)
-    t0 = timed.sent_at[0] - expected[0]
-    for i, at in enumerate(expected):
-        assert abs((timed.sent_at[i] - t0) - at) < 0.03
+    t0 = time.perf_counter()
+    asyncio.run(open_loop(timed.send, PROMPTS[:6], 10.0, seed=3))
+    for i, at in enumerate(arrival_times(6, 10.0, seed=3)):
+        late = timed.sent_at[i] - t0 - at
+        assert -0.001 < late < 0.25  # never early; late only by the event loop's wake-up (bounded loosely)
