@@ -23,6 +23,9 @@ def _add_serve_parser(subparsers) -> None:
     p.add_argument("--chat-template", default=None, metavar="FILE", help="a Jinja chat template file to use instead of the model's")
     p.add_argument("--reasoning-parser", choices=["deepseek_r1", "qwen3"], default=None,
                    help="split <think>...</think> output into reasoning_content")
+    p.add_argument("--accept-unknown-fields", action="store_true",
+                   help="request fields in no row of docs/api-fields.md are dropped with a warning (as current vLLM "
+                        "does) instead of answering 400 (vLLM 0.6.0, the 909 contract)")
     p.add_argument("--max-num-seqs", type=int, default=128)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
     p.add_argument("--block-size", type=int, default=None)
@@ -37,6 +40,8 @@ def _add_serve_parser(subparsers) -> None:
     sec.add_argument("--moderation-words", default=None, metavar="FILE", help="one sensitive term per line")
     sec.add_argument("--no-moderation", action="store_true", help="turn content moderation off")
     sec.add_argument("--moderation-hook", default=None, metavar="MODULE:FUNCTION")
+    p.add_argument("--graceful-shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, stop accepting requests and give running ones this long to finish")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_serve)
 
@@ -49,18 +54,9 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from npu_serve.server.app import build_app
-    from npu_serve.server.config import ServerConfig
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    chat_template = None
-    if args.chat_template:
-        with open(args.chat_template, encoding="utf-8") as f:
-            chat_template = f.read()
-    config = ServerConfig(
-        served_model_name=args.served_model_name, chat_template=chat_template,
-        reasoning_parser=args.reasoning_parser, keys_db=resolve_keys_db(args.keys_db), api_keys=tuple(args.api_key),
-        moderation=not args.no_moderation, moderation_words=args.moderation_words,
-        moderation_hook=args.moderation_hook)
+    config = server_config(args)
 
     def engine_factory():
         from npu_serve import AsyncEngine
@@ -80,7 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = build_app(engine_factory, config, on_fatal=on_fatal)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=args.graceful_shutdown_timeout))
     print(f"npu-serve: listening on http://{args.host}:{args.port} (GET /health turns 200 once the model is ready)",
           flush=True)
     server.run()
@@ -88,6 +84,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"npu-serve: the model failed to load: {fatal[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def server_config(args: argparse.Namespace):
+    """The ServerConfig that `serve`'s flags ask for (reads the --chat-template file)."""
+    from npu_serve.server.config import ServerConfig
+
+    chat_template = None
+    if args.chat_template:
+        with open(args.chat_template, encoding="utf-8") as f:
+            chat_template = f.read()
+    return ServerConfig(
+        served_model_name=args.served_model_name, chat_template=chat_template,
+        reasoning_parser=args.reasoning_parser, keys_db=resolve_keys_db(args.keys_db), api_keys=tuple(args.api_key),
+        moderation=not args.no_moderation, moderation_words=args.moderation_words,
+        moderation_hook=args.moderation_hook, accept_unknown_fields=args.accept_unknown_fields)
 
 
 def resolve_keys_db(given: str | None) -> str | None:

@@ -38,3 +38,9 @@ class EngineDeadError(NpuServeError):
 
 class DeviceUnavailable(NpuServeError):
     """The requested device (or its runtime, e.g. torch_npu + CANN) cannot be used here."""
+
+
+class UnsupportedModel(NpuServeError):
+    """The model uses something npu-serve does not compute exactly (an attention feature a backend
+    lacks, a layer type, a keyword transformers passes that we do not implement). Raised while the
+    engine is built, before any request is served."""
