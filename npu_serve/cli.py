@@ -1,4 +1,4 @@
-"""`npu-serve serve | keys`: the command line.
+"""`npu-serve serve | keys | bench`: the command line.
 
 Nothing here imports torch at module import: `serve` first applies the OpenMP settings
 (`runtime_env.apply`), which libgomp reads only once, when torch loads.
@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     from npu_serve.server.keys_cli import add_keys_parser
 
     add_keys_parser(subparsers)
+    from npu_serve.bench.cli import add_bench_parser
+
+    add_bench_parser(subparsers)
     return parser
 
 
