@@ -1,4 +1,4 @@
-"""`npu-serve serve | keys`: the command line.
+"""`npu-serve serve | keys | bench`: the command line.
 
 Nothing here imports torch at module import: `serve` first applies the OpenMP settings
 (`runtime_env.apply`), which libgomp reads only once, when torch loads.
@@ -93,7 +93,8 @@ def _add_operations_flags(p: argparse.ArgumentParser) -> None:
     ops.add_argument("--max-logit-bias-entries", type=_positive_int, default=caps.max_logit_bias_entries, metavar="N")
     ops.add_argument("--max-logprobs", type=_positive_int, default=caps.max_logprobs, metavar="N",
                      help="cap on logprobs, top_logprobs and prompt_logprobs")
-    ops.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s, metavar="SECONDS",
+    ops.add_argument("--shutdown-timeout", "--graceful-shutdown-timeout", dest="shutdown_timeout", type=float,
+                     default=d.shutdown_timeout_s, metavar="SECONDS",
                      help="on SIGTERM/SIGINT, running requests get this long before they end with finish_reason "
                           f"abort (default {d.shutdown_timeout_s:g}); a second signal stops at once")
     ops.add_argument("--step-timeout", type=_seconds_or_auto, default="auto", metavar="SECONDS",
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     from npu_serve.server.keys_cli import add_keys_parser
 
     add_keys_parser(subparsers)
+    from npu_serve.bench.cli import add_bench_parser
+
+    add_bench_parser(subparsers)
     return parser
 
 

@@ -23,7 +23,9 @@ class EngineConfig:
     num_kv_blocks: int | None = None
     enable_prefix_caching: bool = True
     # KV cache budget when num_kv_blocks is not given: on CPU a fixed share of available RAM, capped;
-    # on accelerators this fraction of the memory left after loading the weights and a profile pass.
+    # on accelerators the cache grows until the process uses this fraction of the device's total memory,
+    # counting the weights and the peak of a profiling forward at max_num_batched_tokens (as vLLM's
+    # gpu_memory_utilization; worker/memory_profile.py).
     kv_cache_memory_fraction: float = 0.9
     cpu_kv_cache_max_bytes: int = 4 << 30
     seed: int = 0

@@ -1,11 +1,13 @@
 """LLM: the offline API (vLLM's names). Runs the engine loop on the caller's thread until every
-prompt is done, and returns one RequestOutput per prompt, in order."""
+prompt is done, and returns one RequestOutput per prompt, in order; raises RequestFailed when every
+one of them failed inside the engine."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 from npu_serve.config import EngineConfig
+from npu_serve.errors import RequestFailed
 from npu_serve.outputs import RequestOutput
 from npu_serve.sampling_params import SamplingParams
 
@@ -46,7 +48,11 @@ class LLM:
         while self.engine.has_unfinished:
             for out in self.engine.step(want_snapshots=False):
                 done[out.request_id] = out
-        return [done[p.request_id] for p in parents]
+        outputs = [done[p.request_id] for p in parents]
+        errors = [o.error for o in outputs if o.error is not None]
+        if outputs and len(errors) == len(outputs):  # nothing came back but failures: say so, loudly
+            raise RequestFailed(f"every request failed inside the engine: {errors[0]}")
+        return outputs
 
     def chat(self, messages, sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
              chat_template: str | None = None, add_generation_prompt: bool = True) -> list[RequestOutput]:

@@ -16,6 +16,7 @@ import time
 import npu_serve  # noqa: F401  (thread settings before torch)
 import torch
 
+from npu_serve.attention.backend import AttentionLayer
 from npu_serve.attention.torch_ref import TorchAttentionBackend, _length_buckets
 from npu_serve_kernels.paged_attention import cpu
 
@@ -52,15 +53,16 @@ def best_ms(fn, runs: int = 40) -> float:
 def main() -> None:
     q, kv, tables, lens = make_batch()
     scale = D**-0.5
+    layer = AttentionLayer(layer_idx=0, num_heads=H, num_kv_heads=HKV, head_dim=D, v_head_dim=D, scale=scale)
 
     def torch_path():
-        return TorchAttentionBackend._decode(q, kv, tables, lens, int(lens.max()), scale)
+        return TorchAttentionBackend._decode(q, kv, tables, lens, int(lens.max()), layer)
 
     def torch_bucketed():
         out = torch.empty_like(q)
         for group in _length_buckets(lens.tolist(), BS):
             idx = torch.tensor(group)
-            out[idx] = TorchAttentionBackend._decode(q[idx], kv, tables[idx], lens[idx], int(lens[group[-1]]), scale)
+            out[idx] = TorchAttentionBackend._decode(q[idx], kv, tables[idx], lens[idx], int(lens[group[-1]]), layer)
         return out
 
     def kernel():

@@ -89,6 +89,11 @@ class AttentionBackend(ABC):
 
     name: str = "abstract"
 
+    def configure(self, block_size: int, dtype: torch.dtype) -> None:
+        """Told once at engine build, before `unsupported` is asked about any layer: the KV block size
+        and the model's dtype. Backends whose ops limit either (Ascend's) keep them to check layers
+        against; the default needs neither."""
+
     def unsupported(self, layer: AttentionLayer) -> str | None:
         """None when this backend computes `layer` exactly; else one sentence naming what it cannot do.
 
@@ -110,4 +115,8 @@ class AttentionBackend(ABC):
         meta: AttentionMetadata,
         layer: AttentionLayer,
     ) -> torch.Tensor:  # [T, num_heads, v_head_dim]
-        """Causal attention of each request's new tokens over its whole context (cached + new)."""
+        """Causal attention of each request's new tokens over its context (cached + new), as `layer`
+        asks: keys inside its sliding window only, scores softcapped. Layers with sinks
+        (`layer.has_sinks`, only where `unsupported` accepts them) get them as one more keyword
+        argument, `sinks`: a [num_heads] tensor of per-head logits that join the softmax's
+        denominator and carry no value."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from npu_serve.attention.backend import AttentionMetadata
+from npu_serve.attention.backend import AttentionLayer, AttentionMetadata
 from npu_serve.attention.torch_ref import TorchAttentionBackend
 
 
@@ -30,9 +30,12 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def uses_kernel(self) -> bool:
         return self._kernel is not None
 
-    def _forward_decodes(self, query, kv_cache, meta: AttentionMetadata, scale: float, out: torch.Tensor) -> None:
+    def _forward_decodes(self, query, kv_cache, meta: AttentionMetadata, layer: AttentionLayer,
+                         sinks: torch.Tensor | None, out: torch.Tensor) -> None:
         if self._kernel is None or query.device.type != "cpu":
-            return super()._forward_decodes(query, kv_cache, meta, scale, out)
+            return super()._forward_decodes(query, kv_cache, meta, layer, sinks, out)
         nd = meta.num_decodes
-        out[:nd] = self._kernel.paged_decode(query[:nd], kv_cache[0], kv_cache[1], meta.block_tables[:nd],
-                                             meta.seq_lens[:nd], scale)
+        key_cache, value_cache = kv_cache
+        out[:nd] = self._kernel.paged_decode(query[:nd], key_cache, value_cache, meta.block_tables[:nd],
+                                             meta.seq_lens[:nd], layer.scale, layer.sliding_window,
+                                             layer.logit_softcap, sinks)

@@ -37,16 +37,19 @@ class TritonAttentionBackend(AttentionBackend):
         self._attention: ModuleType | None = None
         self._cache: ModuleType | None = None
 
+    def unsupported(self, layer: AttentionLayer) -> str | None:
+        return None  # windows, softcaps, sinks and any K/V head sizes (compile-time switches)
+
     def forward(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        kv_cache: torch.Tensor,
+        kv_cache,
         meta: AttentionMetadata,
         layer: AttentionLayer,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        scale = layer.scale
         if self._attention is None:
             if not query.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
                 raise RuntimeError("the triton attention backend runs on CUDA tensors "
@@ -55,17 +58,18 @@ class TritonAttentionBackend(AttentionBackend):
         attention, cache = self._attention, self._cache
         cache.reshape_and_cache(key, value, kv_cache, meta.slot_mapping)
 
-        out = torch.empty_like(query)
+        out = query.new_empty(query.shape[0], query.shape[1], layer.v_head_dim)
+        features = dict(window=layer.sliding_window, softcap=layer.logit_softcap, sinks=sinks)
         num_decodes, num_reqs = meta.num_decodes, meta.num_reqs
         if num_decodes:
             attention.paged_decode(
                 out[:num_decodes], query[:num_decodes], kv_cache,
-                meta.block_tables[:num_decodes], meta.seq_lens[:num_decodes], scale,
+                meta.block_tables[:num_decodes], meta.seq_lens[:num_decodes], layer.scale, **features,
             )
         if num_reqs > num_decodes:
             attention.paged_prefill(
-                out, query, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, scale,
+                out, query, kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, layer.scale,
                 first_req=num_decodes, num_reqs=num_reqs - num_decodes,
-                max_query_len=max(meta.query_lens_cpu[num_decodes:]),
+                max_query_len=max(meta.query_lens_cpu[num_decodes:]), **features,
             )
         return out

@@ -128,9 +128,10 @@ async def run_request(request: Request, engine: Any, prompt_ids: list[int], para
     """Run one engine request; a disconnect at any point aborts it.
 
     Streaming waits for the first output before answering, so errors the engine raises up front
-    (InvalidParameter, PromptTooLong, EngineDeadError) are still plain HTTP errors; vLLM 0.6.0
-    also sent the role chunk only once the first output existed. The request is tracked
-    (tracking.py) from submission to its end, whichever way it ends.
+    (InvalidParameter, PromptTooLong, EngineDeadError) and a request that failed in its first step
+    are still plain HTTP errors (a 500 with the engine's message for the latter); vLLM 0.6.0 also
+    sent the role chunk only once the first output existed. The request is tracked (tracking.py)
+    from submission to its end, whichever way it ends.
     """
     state = server_state(request)
     tracker = state.tracker
@@ -157,6 +158,8 @@ async def run_request(request: Request, engine: Any, prompt_ids: list[int], para
             return response
         out = await until_disconnect(request, first)
         tracker.output(record, out)
+        # Failed before anything was streamed: a plain 500, not a stream of one error.
+        check_output(out, allow_abort=record.cut)
         events = sse_events(out, gen, make_builder(out), lambda: engine.abort(request_id), record, tracker)
         handed_over = True
         return sse_response(events, on_close=lambda: _closed(engine, record, tracker))

@@ -1,4 +1,10 @@
-"""KV tensors: one `(2, num_blocks, block_size, num_kv_heads, head_dim)` tensor per layer, and sizing.
+"""KV tensors: per layer a `(key_cache, value_cache)` pair of separately allocated tensors, and sizing.
+
+key_cache is `[num_blocks, block_size, num_kv_heads, head_dim]`, value_cache `[num_blocks, block_size,
+num_kv_heads, v_head_dim]`: the two head sizes differ for MLA as transformers runs it (DeepSeek-V3's
+keys are qk_nope + qk_rope wide, its values v_head_dim), and may differ from layer to layer. The
+shapes come from the layers' facts (hf_bridge.attention_layers), the same ones the backends check,
+so the cache, its sizing and the block accounting use the real bytes per token.
 
 Zero-initialised on purpose: padded block-table entries point at the null block 0, and masked-out
 positions still pass through softmax(-inf) * V, where a NaN left in memory would poison the sum.
@@ -10,32 +16,59 @@ from dataclasses import dataclass
 
 import torch
 
+from npu_serve.attention.backend import AttentionLayer
+
+
+@dataclass(frozen=True)
+class LayerKVShape:
+    """What one layer stores per token: num_kv_heads keys of head_dim and values of v_head_dim."""
+
+    num_kv_heads: int
+    head_dim: int
+    v_head_dim: int
+
+    @property
+    def elements_per_token(self) -> int:
+        return self.num_kv_heads * (self.head_dim + self.v_head_dim)
+
 
 @dataclass(frozen=True)
 class KVCacheSpec:
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
+    layers: tuple[LayerKVShape, ...]  # indexed by layer_idx
     dtype: torch.dtype
     block_size: int
 
     @classmethod
-    def from_hf_config(cls, config, dtype: torch.dtype, block_size: int) -> "KVCacheSpec":
-        text = config.get_text_config() if hasattr(config, "get_text_config") else config
-        heads = text.num_attention_heads
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-        kv_heads = getattr(text, "num_key_value_heads", None) or heads
-        return cls(text.num_hidden_layers, kv_heads, head_dim, dtype, block_size)
+    def from_layers(cls, layers: list[AttentionLayer], dtype: torch.dtype, block_size: int) -> KVCacheSpec:
+        if [layer.layer_idx for layer in layers] != list(range(len(layers))):
+            raise ValueError("attention layers must be numbered 0..n-1, in order")
+        shapes = tuple(LayerKVShape(layer.num_kv_heads, layer.head_dim, layer.v_head_dim) for layer in layers)
+        return cls(shapes, dtype, block_size)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """KV bytes one token occupies, summed over every layer."""
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return sum(shape.elements_per_token for shape in self.layers) * elem
 
     @property
     def bytes_per_block(self) -> int:
-        elem = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+        return self.block_size * self.bytes_per_token
 
     def num_blocks_for(self, memory_bytes: int) -> int:
         return max(2, memory_bytes // self.bytes_per_block)
 
 
-def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int, device: torch.device) -> list[torch.Tensor]:
-    shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
-    return [torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)]
+def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int,
+                       device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One zeroed (key_cache, value_cache) pair per layer, each tensor contiguous on its own."""
+    caches = []
+    for shape in spec.layers:
+        head = (num_blocks, spec.block_size, shape.num_kv_heads)
+        caches.append((torch.zeros(*head, shape.head_dim, dtype=spec.dtype, device=device),
+                       torch.zeros(*head, shape.v_head_dim, dtype=spec.dtype, device=device)))
+    return caches

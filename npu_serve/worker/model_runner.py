@@ -19,6 +19,7 @@ from npu_serve.attention import hf_bridge
 from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 from npu_serve.engine.beam_search import candidates_per_beam
 from npu_serve.engine.scheduler import ScheduledRequest, SchedulerOutput
+from npu_serve.errors import UnsupportedModel
 from npu_serve.worker.forward_context import ForwardContext, forward_context
 from npu_serve.worker.kv_cache import KVCacheSpec, allocate_kv_caches
 from npu_serve.worker.sampler import Sampler, SamplingRow, TokenLogprobs, gather_logprobs
@@ -53,9 +54,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def _dry_run(self) -> None:
-        """One token through the model with every attention call checked against the layer facts
-        (hf_bridge.CallCheck): an attention feature we would drop is refused here, at engine build,
-        not discovered as wrong tokens. The token goes into block 1, which is zeroed afterwards."""
+        """One token through the model with every mask and attention call checked against the layer
+        facts (hf_bridge.CallCheck), then once more with the masks absent as in serving steps: an
+        attention feature we would drop is refused here, at engine build, not discovered as wrong
+        tokens. The token goes into block 1, which is zeroed afterwards."""
+        for with_masks in (True, False):
+            self._dry_forward(hf_bridge.dry_run_check(self.model, with_masks))
+        for key_cache, value_cache in self.kv_caches:
+            key_cache[1].zero_()
+            value_cache[1].zero_()
+
+    def _dry_forward(self, check: hf_bridge.CallCheck) -> None:
         bs = self.block_size
         one = torch.tensor([1], dtype=torch.int32, device=self.device)
         meta = AttentionMetadata(
@@ -64,14 +73,16 @@ class ModelRunner:
             block_tables=one.view(1, 1), slot_mapping=torch.tensor([bs], dtype=torch.int64, device=self.device),
             query_start_loc_cpu=[0, 1], seq_lens_cpu=[1], block_size=bs,
         )
-        check = hf_bridge.dry_run_check(self.model)
         zeros = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-        with forward_context(ForwardContext(meta, self.kv_caches, self.backend, self.layers, check)):
-            self.model.get_decoder()(input_ids=zeros, position_ids=zeros, use_cache=False)
+        try:
+            with forward_context(ForwardContext(meta, self.kv_caches, self.backend, self.layers, check)):
+                self.model.get_decoder()(input_ids=zeros, position_ids=zeros, use_cache=False)
+        except UnsupportedModel:
+            raise
+        except Exception as exc:  # the model's own code trips over our attention (a mask it edits, ...)
+            raise UnsupportedModel(f"{check.label}: a one-token forward through npu-serve's attention fails "
+                                   f"({type(exc).__name__}: {exc})") from exc
         check.finish(self.layers)
-        for key_cache, value_cache in self.kv_caches:
-            key_cache[1].zero_()
-            value_cache[1].zero_()
 
     # -- batch packing ------------------------------------------------------------------------------
     def _prepare(self, so: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
@@ -148,8 +159,9 @@ class ModelRunner:
         reads every source before any destination is written)."""
         src = torch.tensor([c[0] for c in copies], dtype=torch.long, device=self.device)
         dst = torch.tensor([c[1] for c in copies], dtype=torch.long, device=self.device)
-        for cache in self.kv_caches:
-            cache[:, dst] = cache[:, src]
+        for key_cache, value_cache in self.kv_caches:
+            key_cache[dst] = key_cache[src]
+            value_cache[dst] = value_cache[src]
 
     @staticmethod
     def _prompt_logprob_rows(so: SchedulerOutput, qsl: list[int]) -> list[tuple[ScheduledRequest, list[int], list[int]]]:

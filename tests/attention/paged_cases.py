@@ -20,21 +20,43 @@ NULL_BLOCK_FILL = 100.0
 class PagedCase:
     query: torch.Tensor  # [T, H, D]
     key: torch.Tensor  # [T, Hkv, D]
-    value: torch.Tensor
-    kv_cache: torch.Tensor  # [2, num_blocks, block_size, Hkv, D]; context filled, new slots not yet
+    value: torch.Tensor  # [T, Hkv, DV]
+    # Context filled, new slots not yet: one stacked [2, num_blocks, block_size, Hkv, D] tensor when
+    # DV == D (a valid (key_cache, value_cache) pair too), else a tuple of the two (clone_cache).
+    kv_cache: torch.Tensor | tuple[torch.Tensor, torch.Tensor]
     meta: AttentionMetadata
     scale: float
+    window: int | None = None
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None  # [H]
 
     @property
     def layer(self) -> AttentionLayer:
-        """The facts of the (plain, causal) layer this case attends as."""
+        """The facts of the layer this case attends as."""
         return AttentionLayer(layer_idx=0, num_heads=self.query.shape[1], num_kv_heads=self.key.shape[1],
-                              head_dim=self.query.shape[2], v_head_dim=self.value.shape[2], scale=self.scale)
+                              head_dim=self.query.shape[2], v_head_dim=self.value.shape[2], scale=self.scale,
+                              sliding_window=self.window, logit_softcap=self.softcap,
+                              has_sinks=self.sinks is not None)
+
+    def with_features(self, window: int | None = None, softcap: float | None = None,
+                      sinks: bool = False, seed: int = 0) -> PagedCase:
+        sink = torch.randn(self.query.shape[1], generator=torch.Generator().manual_seed(seed)) * 2 if sinks else None
+        return PagedCase(self.query, self.key, self.value, self.kv_cache, self.meta, self.scale, window, softcap,
+                         None if sink is None else sink.to(self.query.device))
+
+
+def clone_cache(kv_cache):
+    return kv_cache.clone() if isinstance(kv_cache, torch.Tensor) else tuple(c.clone() for c in kv_cache)
+
+
+def caches_equal(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def make_case(
     q_lens: list[int], seq_lens: list[int], num_decodes: int, num_heads: int, num_kv_heads: int,
     head_dim: int, block_size: int, dtype: torch.dtype, seed: int = 0, device: str = DEVICE,
+    v_head_dim: int | None = None,
 ) -> PagedCase:
     """Requests get shuffled blocks (never block 0); block tables are padded with 0 to the longest."""
     if any(q > s for q, s in zip(q_lens, seq_lens)) or any(q != 1 for q in q_lens[:num_decodes]):
@@ -56,8 +78,14 @@ def make_case(
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(dtype)
 
-    kv_cache = rand(2, num_blocks, block_size, num_kv_heads, head_dim)
-    kv_cache[:, 0] = NULL_BLOCK_FILL
+    dv = v_head_dim or head_dim
+    if dv == head_dim:
+        kv_cache = rand(2, num_blocks, block_size, num_kv_heads, head_dim)
+        kv_cache[:, 0] = NULL_BLOCK_FILL
+    else:
+        kv_cache = (rand(num_blocks, block_size, num_kv_heads, head_dim), rand(num_blocks, block_size, num_kv_heads, dv))
+        for cache in kv_cache:
+            cache[0] = NULL_BLOCK_FILL
     total = sum(q_lens)
     qsl = [0]
     for q in q_lens:
@@ -72,12 +100,14 @@ def make_case(
     )
     return PagedCase(
         query=rand(total, num_heads, head_dim).to(device), key=rand(total, num_kv_heads, head_dim).to(device),
-        value=rand(total, num_kv_heads, head_dim).to(device), kv_cache=kv_cache.to(device), meta=meta,
-        scale=head_dim**-0.5,
+        value=rand(total, num_kv_heads, dv).to(device),
+        kv_cache=kv_cache.to(device) if isinstance(kv_cache, torch.Tensor) else tuple(c.to(device) for c in kv_cache),
+        meta=meta, scale=head_dim**-0.5,
     )
 
 
-def random_case(seed: int, block_size: int, head_dim: int, dtype: torch.dtype, max_len: int) -> PagedCase:
+def random_case(seed: int, block_size: int, head_dim: int, dtype: torch.dtype, max_len: int,
+                v_head_dim: int | None = None) -> PagedCase:
     """A few decodes, then a chunk with cached context and a fresh prefill, random lengths and GQA."""
     rng = random.Random(seed)
     num_kv_heads = rng.choice([1, 2])
@@ -88,7 +118,8 @@ def random_case(seed: int, block_size: int, head_dim: int, dtype: torch.dtype, m
     chunk = rng.randint(2, 24)
     q_lens += [chunk, rng.randint(1, 24)]
     seq_lens += [chunk + rng.randint(1, max_len), q_lens[-1]]
-    return make_case(q_lens, seq_lens, num_decodes, num_heads, num_kv_heads, head_dim, block_size, dtype, seed)
+    return make_case(q_lens, seq_lens, num_decodes, num_heads, num_kv_heads, head_dim, block_size, dtype, seed,
+                     v_head_dim=v_head_dim)
 
 
 def tolerance(dtype: torch.dtype) -> dict:

@@ -99,3 +99,54 @@ def test_backend_on_random_mixed_batches(seed):
     torch_out = TorchAttentionBackend().forward(case.query, case.key, case.value, torch_cache, case.meta,
                                                 case.layer)
     torch.testing.assert_close(out, torch_out, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("seed,window,softcap,sinks,head_dim,v_head_dim", [
+    (10, 7, None, False, 64, 64),  # a window shorter than a block, in decodes and chunks
+    (11, 20, 2.0, False, 32, 32),  # window across blocks, softcapped
+    (12, None, 1.5, True, 64, 64),
+    (13, 5, None, True, 24, 12),  # MLA-like value size, window and sinks
+    (14, None, None, False, 24, 12),
+])
+def test_backend_window_softcap_sinks_and_value_sizes(seed, window, softcap, sinks, head_dim, v_head_dim):
+    """TritonAttentionBackend.forward on a random mixed batch of a featured layer, against the plain
+    reference: the cache writes exactly, the output to float32 tolerance, and the feature matters."""
+    from npu_serve.attention.triton import TritonAttentionBackend
+    from tests.attention.paged_cases import caches_equal, clone_cache
+
+    case = random_case(seed, 16, head_dim, torch.float32, max_len=56, v_head_dim=v_head_dim)
+    case.scale *= 3.0
+    case = case.with_features(window, softcap, sinks, seed)
+    expected_cache = clone_cache(case.kv_cache)
+    reshape_and_cache_ref(case.key, case.value, expected_cache, case.meta.slot_mapping)
+    m = case.meta
+    expected = paged_attention_ref(case.query, expected_cache, m.block_tables, m.query_start_loc_cpu, m.seq_lens_cpu,
+                                   case.scale, window, softcap, case.sinks)
+    kv_cache = clone_cache(case.kv_cache)
+    backend = TritonAttentionBackend()
+    assert backend.unsupported(case.layer) is None
+    kwargs = {"sinks": case.sinks} if sinks else {}
+    out = backend.forward(case.query, case.key, case.value, kv_cache, case.meta, case.layer, **kwargs)
+    assert caches_equal(kv_cache, expected_cache)
+    torch.testing.assert_close(out, expected, **tolerance(torch.float32))
+    if window or softcap or sinks:
+        plain = paged_attention_ref(case.query, expected_cache, m.block_tables, m.query_start_loc_cpu, m.seq_lens_cpu,
+                                    case.scale)
+        assert (plain - expected).abs().max() > 0.05
+
+
+def test_prefill_rows_whose_window_starts_past_a_key_tile(monkeypatch):
+    """With 32 query rows per tile and 16 keys per tile (a GPU runs 64 x 32), a window of 3 leaves
+    the late rows of a tile without a single visible key in its first key tiles: the online softmax
+    must skip those tiles for them, not turn them into NaN."""
+    monkeypatch.setattr(attention, "_INTERPRET_PREFILL_TILES", (32, 16))
+    case = make_case([40, 33], [40, 70], 0, 2, 1, 16, 16, torch.float32, seed=4).with_features(window=3)
+    filled = case.kv_cache.clone()
+    reshape_and_cache_ref(case.key, case.value, filled, case.meta.slot_mapping)
+    m = case.meta
+    out = torch.full_like(case.query, float("nan"))
+    attention.paged_prefill(out, case.query, filled, m.block_tables, m.seq_lens, m.query_start_loc, case.scale,
+                            first_req=0, num_reqs=2, max_query_len=40, window=3)
+    expected = paged_attention_ref(case.query, filled, m.block_tables, m.query_start_loc_cpu, m.seq_lens_cpu,
+                                   case.scale, window=3)
+    torch.testing.assert_close(out, expected, **tolerance(torch.float32))

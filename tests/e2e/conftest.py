@@ -120,3 +120,20 @@ def sse_lines(body: bytes) -> list[str]:
     for e in events:
         assert e.startswith("data: ") and "\n" not in e, e
     return [e[len("data: "):] for e in events]
+
+
+class FailingExecutor:
+    """Wraps the engine's real executor and makes its `fail_at`-th forward raise, as a device fault
+    would (an NPU/CUDA runtime error mid-generation). Everything else is the real engine and server:
+    the engine fails the requests of that step with finish_reason "error", and the server must turn
+    that into a 500 (before a stream starts) or an in-band error event (after)."""
+
+    def __init__(self, real, fail_at: int = 4):
+        self.real, self.calls, self.fail_at = real, 0, fail_at
+
+    def execute(self, so):
+        if so.scheduled:
+            self.calls += 1
+            if self.calls == self.fail_at:
+                raise RuntimeError("injected device fault")
+        return self.real.execute(so)

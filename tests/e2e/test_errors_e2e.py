@@ -83,3 +83,24 @@ def test_prompt_over_the_context_400(tiny_server):
 def test_unknown_path_and_method(tiny_server):
     flat(requests.get(tiny_server.url + "/v1/nothing"), 404, None, "NotFoundError")
     assert requests.get(tiny_server.url + "/v1/chat/completions").status_code == 405
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_request_failing_in_the_engine_is_a_500_with_its_message(tiny_server, path, stream):
+    """The engine fails the request in its first step (a device fault, a model the backend
+    mishandles): the client gets a 500 naming the engine's error, streamed or not, never a 200 with an
+    empty or error-only body, and the request's blocks are freed."""
+    from tests.e2e.conftest import FailingExecutor
+
+    base = {"model": "tiny", "messages": MSGS} if "chat" in path else {"model": "tiny", "prompt": "hi"}
+    core = tiny_server.engine.core
+    real = core.executor
+    core.executor = FailingExecutor(real, fail_at=1)
+    try:
+        r = tiny_server.post(path, {**base, "max_tokens": 5, "stream": stream})
+    finally:
+        core.executor = real
+    body = flat(r, 500, None, "InternalServerError")
+    assert body["message"] == "RuntimeError: injected device fault"
+    assert tiny_server.wait_kv_free()[0] == 0

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import sse_lines
+from tests.e2e.conftest import FailingExecutor, sse_lines
 
 CHAT = "/v1/chat/completions"
 MSGS = [{"role": "user", "content": "Tell me a story about a cat."}]
@@ -103,23 +103,6 @@ def test_completion_stream_stop_string(tiny_server):
     assert chunks[-1]["choices"][0]["stop_reason"] == stop
     whole = tiny_server.post("/v1/completions", {**base, "stop": stop}).json()["choices"][0]
     assert (whole["text"], whole["finish_reason"], whole["stop_reason"]) == (expected, "stop", stop)
-
-
-class FailingExecutor:
-    """Wraps the engine's real executor and makes its 4th forward raise, as a device fault would
-    (an NPU/CUDA runtime error mid-generation). Everything else is the real engine and server: the
-    engine fails the requests of that step with finish_reason "error", and the server must turn
-    that into an in-band error event after the stream has started."""
-
-    def __init__(self, real, fail_at: int = 4):
-        self.real, self.calls, self.fail_at = real, 0, fail_at
-
-    def execute(self, so):
-        if so.scheduled:
-            self.calls += 1
-            if self.calls == self.fail_at:
-                raise RuntimeError("injected device fault")
-        return self.real.execute(so)
 
 
 def test_error_mid_stream_is_an_error_event_then_done(tiny_server):

@@ -112,3 +112,36 @@ def test_async_engine_answers_waiters_on_shutdown_and_refuses_after(tiny_llama_d
                 pass
 
     asyncio.run(main())
+
+
+class _FailWhen:
+    """The real executor, except that a forward decoding a request whose prompt is `poison` raises,
+    as a device fault (or a model the backend mishandles) would."""
+
+    def __init__(self, real, poison: list[int]):
+        self.real, self.poison = real, poison
+
+    def execute(self, so):
+        if any(s.request.prompt_token_ids == self.poison and s.start >= len(self.poison) for s in so.scheduled):
+            raise RuntimeError("injected device fault")
+        return self.real.execute(so)
+
+
+def test_generate_raises_when_every_request_fails_and_reports_partial_failures(llm):
+    from npu_serve.errors import RequestFailed
+
+    real = llm.engine.executor
+    llm.engine.executor = _FailWhen(real, [5, 6, 7])
+    try:
+        with pytest.raises(RequestFailed, match="every request failed inside the engine: RuntimeError: injected "
+                                                "device fault"):
+            llm.generate([[5, 6, 7], [5, 6, 7]], SamplingParams(temperature=0, max_tokens=3))
+        assert llm.engine.scheduler.kv.num_used_blocks() == 0 and not llm.engine.has_unfinished
+        # Only some failed (the first is done after its prefill, before the other's decode fails):
+        # the others' outputs come back, the failed one says why.
+        outs = llm.generate([[8, 9], [5, 6, 7]], [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+                                                  for n in (1, 3)])
+    finally:
+        llm.engine.executor = real
+    assert outs[0].error is None and len(outs[0].outputs[0].token_ids) == 1
+    assert outs[1].outputs[0].finish_reason == "error" and "injected device fault" in outs[1].error

@@ -100,18 +100,21 @@ def available() -> bool:
 def paged_decode(
     q: torch.Tensor,  # [nd, H, D], fp32 / bf16 / fp16
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], q's dtype, contiguous
-    v_cache: torch.Tensor,  # same
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, DV], q's dtype, contiguous (DV may differ from D)
     block_tables: torch.Tensor,  # int [nd, max_blocks], padded with 0
     seq_lens: torch.Tensor,  # int [nd]
     scale: float,
-) -> torch.Tensor:  # [nd, H, D], q's dtype
-    """Decode attention (one query per request, attending to all seq_len cached tokens) over the
-    paged cache, read in place. Query head h uses KV head h // (H // Hkv). A request with
-    seq_len 0 gets zeros. Raises RuntimeError on bad shapes/dtypes or block ids out of range.
+    window: int | None = None,  # a query at position L-1 sees keys L-window .. L-1 only
+    softcap: float | None = None,  # scores -> softcap * tanh(scores / softcap) before the softmax
+    sinks: torch.Tensor | None = None,  # [H] per-head sink logits (softmax denominator only)
+) -> torch.Tensor:  # [nd, H, DV], q's dtype
+    """Decode attention (one query per request, attending to its seq_len cached tokens, or the last
+    `window` of them) over the paged cache, read in place. Query head h uses KV head h // (H // Hkv).
+    A request with seq_len 0 gets zeros. Raises RuntimeError on bad shapes/dtypes or block ids out
+    of range (blocks wholly before a request's window are never read, nor checked).
 
-    The caches are not copied: pass the views `kv_cache[0]`, `kv_cache[1]` of the contiguous
-    `(2, num_blocks, block_size, Hkv, D)` cache. q, tables and lengths are made contiguous (and
-    int32) here, which is free when they already are.
+    The caches are not copied: pass the layer's `(key_cache, value_cache)` tensors. q, tables,
+    lengths and sinks are made contiguous (int32, float32) here, which is free when they already are.
     """
     mod = _load()
     return mod.paged_decode(
@@ -121,4 +124,7 @@ def paged_decode(
         block_tables.to(torch.int32).contiguous(),
         seq_lens.to(torch.int32).contiguous(),
         float(scale),
+        int(window or 0),
+        float(softcap or 0.0),
+        None if sinks is None else sinks.to(torch.float32).contiguous(),
     )

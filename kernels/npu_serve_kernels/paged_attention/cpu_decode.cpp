@@ -9,6 +9,12 @@
 // per-thread score buffer [G, seq_len]: exact max first, then exp/sum, then the weighted V sum.
 // Dot products keep LANES independent partial sums so that GCC vectorises them without being
 // allowed to reassociate (the summation order is fixed, hence deterministic).
+//
+// Layer features (all off costs nothing extra): a sliding window reads only a request's last
+// `window` keys (the loops start at L - window, so blocks before it are never touched); a logit
+// softcap maps each scaled score x to softcap * tanh(x / softcap) before the softmax (tanh_vec); per-head sink
+// logits take part in the softmax's max and denominator only. Values may have another head size
+// than keys (MLA as transformers runs it): compiled-in sizes apply only where the two agree.
 
 #include <torch/extension.h>
 
@@ -111,6 +117,19 @@ inline float exp_nonpos(float x) {
   return x != x ? x : y;
 }
 
+// tanh(x), branch-free so that the softcap loop vectorises (libm's tanhf does not, and made a
+// softcapped layer 3.5x slower than a plain one). tanh|x| = (1 - e) / (1 + e) with e = exp(-2|x|)
+// from exp_nonpos; below |x| = 1/16, where 1 - e cancels, the series x - x^3/3 + 2x^5/15 (error
+// under 2e-10 relative). Within a few ulp of tanhf; tanh(+-inf) = +-1, NaN stays NaN.
+inline float tanh_vec(float x) {
+  const float ax = std::fabs(x);
+  const float e = exp_nonpos(-2.f * ax);
+  const float x2 = ax * ax;
+  const float series = ax * (1.f - x2 * (0.333333343f - x2 * 0.13333334f));
+  const float t = ax < 0.0625f ? series : (1.f - e) / (1.f + e);
+  return std::copysign(t, x);
+}
+
 // With G (query heads per KV head) and head_dim both fixed at compile time, q and the G output
 // accumulators are small local arrays that GCC keeps in vector registers across the token loop,
 // instead of loading and storing them per token. The V pass does the generic loop's operations in
@@ -147,18 +166,21 @@ inline v16f hsum16(v16f acc[16]) {
   return __builtin_shuffle(u[0], u[1], l4a) + __builtin_shuffle(u[0], u[1], l4b);
 }
 
+// Keys `first .. L-1` of one request (the window; first = 0 without one). scores[g * (L - first) + i]
+// gets the score of key first + i for query head g.
 template <typename scalar_t, int GC, int DC>
 void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
-                  int64_t block_size, int64_t L, const float* qf, float fscale, float* scores) {
+                  int64_t block_size, int64_t first, int64_t L, const float* qf, float fscale, float* scores) {
   static_assert(DC % 16 == 0, "the vector K pass needs head_dim in whole 16-float vectors");
   constexpr int C = DC / 16;
+  const int64_t nk = L - first;
   v16f q[GC][C];
   for (int g = 0; g < GC; ++g)
     for (int c = 0; c < C; ++c) q[g][c] = load16(qf + g * DC + c * 16);
   float row[DC];
   v16f acc[GC][16];
   // Tokens in groups of 16 that never straddle a block (block sizes are multiples of 16 or < 16).
-  for (int64_t t0 = 0; t0 < L;) {
+  for (int64_t t0 = first; t0 < L;) {
     const scalar_t* base = kbase + table[t0 / block_size] * block_stride + (t0 % block_size) * token_stride;
     const int64_t in_block = block_size - t0 % block_size;
     const int64_t n = std::min<int64_t>({16, in_block, L - t0});
@@ -180,7 +202,7 @@ void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_str
       const v16f sums = hsum16(acc[g]) * fscale;
       float out[16];
       std::memcpy(out, &sums, sizeof out);
-      for (int64_t j = 0; j < n; ++j) scores[g * L + t0 + j] = out[j];
+      for (int64_t j = 0; j < n; ++j) scores[g * nk + t0 - first + j] = out[j];
     }
     t0 += n;
   }
@@ -188,35 +210,57 @@ void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_str
 
 template <typename scalar_t, int GC, int DC>
 void v_pass_fixed(const scalar_t* vbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
-                  int64_t block_size, int64_t L, const float* scores, float* acc_out) {
+                  int64_t block_size, int64_t first, int64_t L, const float* scores, float* acc_out) {
+  const int64_t nk = L - first;
   float acc[GC][DC];
   for (int g = 0; g < GC; ++g)
     for (int i = 0; i < DC; ++i) acc[g][i] = 0.f;
   float row[DC];
-  for (int64_t t0 = 0; t0 < L; t0 += block_size) {
-    const scalar_t* base = vbase + table[t0 / block_size] * block_stride;
-    const int64_t n = std::min(block_size, L - t0);
+  // Block by block; only the window's first block may start mid-block.
+  for (int64_t t0 = first, off = first % block_size; t0 < L; off = 0) {
+    const scalar_t* base = vbase + table[t0 / block_size] * block_stride + off * token_stride;
+    const int64_t n = std::min(block_size - off, L - t0);
     for (int64_t j = 0; j < n; ++j) {
       const float* v = load_row(base + j * token_stride, row, DC);
       for (int g = 0; g < GC; ++g) {
-        const float p = scores[g * L + t0 + j];
+        const float p = scores[g * nk + t0 - first + j];
         for (int i = 0; i < DC; ++i) acc[g][i] += p * v[i];
       }
     }
+    t0 += n;
   }
   for (int g = 0; g < GC; ++g)
     for (int i = 0; i < DC; ++i) acc_out[g * DC + i] = acc[g][i];
 }
 
-// DC > 0 fixes head_dim at compile time (unrolled inner loops; ~10% faster at D=64 in bf16);
-// DC == 0 reads it from q.
+// What a layer asks beyond plain causal attention (all off: window 0, softcap 0, no sinks).
+struct Features {
+  int64_t window;       // > 0: a query at position L-1 sees keys L-window .. L-1 only
+  float softcap;        // > 0: scores -> softcap * tanh(scores / softcap)
+  const float* sinks;   // [H] per-head sink logits in the softmax denominator, or nullptr
+};
+
+// Softmax numerators in place over s[0 .. n-1] (a max shift first; a sink logit takes part in the
+// max and the sum but gets no value); returns 1 / sum.
+inline float softmax_numerators(float* s, int64_t n, const float* sink) {
+  float m = lanes_max(s, n);
+  if (sink != nullptr) m = *sink > m ? *sink : m;
+  for (int64_t t = 0; t < n; ++t) s[t] = exp_nonpos(s[t] - m);
+  float sum = lanes_sum(s, n);
+  if (sink != nullptr) sum += exp_nonpos(*sink - m);
+  return 1.f / sum;
+}
+
+// DC > 0 fixes head_dim (keys and values alike) at compile time (unrolled inner loops; ~10% faster
+// at D=64 in bf16); DC == 0 reads the key size from q and the value size from v_cache.
 template <typename scalar_t, int DC, int GC>
 void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
+                 const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, const Features& f,
                  at::Tensor& out) {
   const int64_t nd = q.size(0), H = q.size(1);
   constexpr int64_t kD = DC;
   const int64_t D = DC > 0 ? kD : q.size(2);
+  const int64_t DV = DC > 0 ? kD : v_cache.size(3);
   const int64_t block_size = k_cache.size(1), Hkv = k_cache.size(2);
   const int64_t G = GC > 0 ? GC : H / Hkv;
   const int64_t max_blocks = block_tables.size(1);
@@ -229,31 +273,39 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
   const int32_t* lens = seq_lens.data_ptr<int32_t>();
   scalar_t* op = out.data_ptr<scalar_t>();
 
-  // Longest requests first, so that dynamic scheduling does not end on one long straggler.
+  // The first key each request sees, and how many keys that makes.
+  std::vector<int64_t> first(nd), keys(nd);
+  int64_t max_keys = 0;
+  for (int64_t r = 0; r < nd; ++r) {
+    first[r] = f.window > 0 ? std::max<int64_t>(0, lens[r] - f.window) : 0;
+    keys[r] = lens[r] - first[r];
+    max_keys = std::max(max_keys, keys[r]);
+  }
+  // Most keys first, so that dynamic scheduling does not end on one long straggler.
   std::vector<int64_t> order(nd);
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lens[a] > lens[b]; });
-  int64_t max_len = 0;
-  for (int64_t r = 0; r < nd; ++r) max_len = std::max<int64_t>(max_len, lens[r]);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] > keys[b]; });
 
   const int64_t tasks = nd * Hkv;
   const int64_t token_stride = Hkv * D;  // between consecutive tokens of one head
   const int64_t block_stride = block_size * token_stride;
+  const int64_t v_token_stride = Hkv * DV;
+  const int64_t v_block_stride = block_size * v_token_stride;
   const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)));
 
 #pragma omp parallel num_threads(nthreads)
   {
-    std::vector<float> scores(static_cast<size_t>(G * std::max<int64_t>(max_len, 1)));
-    std::vector<float> qf(G * D), acc(G * D), row(D), inv_sum(G);
+    std::vector<float> scores(static_cast<size_t>(G * std::max<int64_t>(max_keys, 1)));
+    std::vector<float> qf(G * D), acc(G * DV), row(std::max(D, DV)), inv_sum(G);
 
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; ++task) {
       const int64_t r = order[task / Hkv], h = task % Hkv;
-      const int64_t L = lens[r];
+      const int64_t L = lens[r], t_first = first[r], nk = keys[r];
       const int32_t* table = tables + r * max_blocks;
-      scalar_t* o = op + (r * H + h * G) * D;
+      scalar_t* o = op + (r * H + h * G) * DV;
       if (L <= 0) {  // nothing to attend to: zeros rather than NaN
-        for (int64_t i = 0; i < G * D; ++i) o[i] = static_cast<scalar_t>(0.f);
+        for (int64_t i = 0; i < G * DV; ++i) o[i] = static_cast<scalar_t>(0.f);
         continue;
       }
       for (int64_t g = 0; g < G; ++g) {
@@ -263,48 +315,49 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
 
       // Pass 1: scores[g, t] = scale * q_g . k_t, one read of each K row for all G heads.
       if constexpr (GC > 0 && DC > 0) {
-        k_pass_fixed<scalar_t, GC, DC>(kp + h * D, table, block_stride, token_stride, block_size, L, qf.data(),
-                                       fscale, scores.data());
+        k_pass_fixed<scalar_t, GC, DC>(kp + h * D, table, block_stride, token_stride, block_size, t_first, L,
+                                       qf.data(), fscale, scores.data());
       } else
-      for (int64_t t0 = 0; t0 < L; t0 += block_size) {
-        const scalar_t* base = kp + table[t0 / block_size] * block_stride + h * D;
-        const int64_t n = std::min(block_size, L - t0);
+      for (int64_t t0 = t_first, off = t_first % block_size; t0 < L; off = 0) {
+        const scalar_t* base = kp + table[t0 / block_size] * block_stride + off * token_stride + h * D;
+        const int64_t n = std::min(block_size - off, L - t0);
         for (int64_t j = 0; j < n; ++j) {
           const float* k = load_row(base + j * token_stride, row.data(), D);
-          for (int64_t g = 0; g < G; ++g) scores[g * L + t0 + j] = fscale * dot(qf.data() + g * D, k, D);
+          for (int64_t g = 0; g < G; ++g) scores[g * nk + t0 - t_first + j] = fscale * dot(qf.data() + g * D, k, D);
         }
+        t0 += n;
+      }
+      if (f.softcap > 0.f) {
+        const float cap = f.softcap;
+        for (int64_t i = 0; i < G * nk; ++i) scores[i] = cap * tanh_vec(scores[i] / cap);
       }
 
       // Softmax numerators in place, per head.
-      for (int64_t g = 0; g < G; ++g) {
-        float* s = scores.data() + g * L;
-        const float m = lanes_max(s, L);
-        for (int64_t t = 0; t < L; ++t) s[t] = exp_nonpos(s[t] - m);
-        const float sum = lanes_sum(s, L);
-        inv_sum[g] = 1.f / sum;
-      }
+      for (int64_t g = 0; g < G; ++g)
+        inv_sum[g] = softmax_numerators(scores.data() + g * nk, nk, f.sinks ? f.sinks + h * G + g : nullptr);
 
       // Pass 2: acc[g] = sum_t p[g, t] * v_t, one read of each V row.
       if constexpr (GC > 0 && DC > 0) {
-        v_pass_fixed<scalar_t, GC, DC>(vp + h * D, table, block_stride, token_stride, block_size, L,
+        v_pass_fixed<scalar_t, GC, DC>(vp + h * DV, table, v_block_stride, v_token_stride, block_size, t_first, L,
                                        scores.data(), acc.data());
       } else {
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t t0 = 0; t0 < L; t0 += block_size) {
-        const scalar_t* base = vp + table[t0 / block_size] * block_stride + h * D;
-        const int64_t n = std::min(block_size, L - t0);
+      for (int64_t t0 = t_first, off = t_first % block_size; t0 < L; off = 0) {
+        const scalar_t* base = vp + table[t0 / block_size] * v_block_stride + off * v_token_stride + h * DV;
+        const int64_t n = std::min(block_size - off, L - t0);
         for (int64_t j = 0; j < n; ++j) {
-          const float* v = load_row(base + j * token_stride, row.data(), D);
+          const float* v = load_row(base + j * v_token_stride, row.data(), DV);
           for (int64_t g = 0; g < G; ++g) {
-            const float p = scores[g * L + t0 + j];
-            float* a = acc.data() + g * D;
-            for (int64_t i = 0; i < D; ++i) a[i] += p * v[i];
+            const float p = scores[g * nk + t0 - t_first + j];
+            float* a = acc.data() + g * DV;
+            for (int64_t i = 0; i < DV; ++i) a[i] += p * v[i];
           }
         }
+        t0 += n;
       }
       }
       for (int64_t g = 0; g < G; ++g)
-        for (int64_t i = 0; i < D; ++i) o[g * D + i] = static_cast<scalar_t>(acc[g * D + i] * inv_sum[g]);
+        for (int64_t i = 0; i < DV; ++i) o[g * DV + i] = static_cast<scalar_t>(acc[g * DV + i] * inv_sum[g]);
     }
   }
 }
@@ -313,33 +366,38 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
 // passes; other layouts take the generic loops.
 template <typename scalar_t, int DC>
 void dispatch_group(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                    const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, at::Tensor& out) {
+                    const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, const Features& f,
+                    at::Tensor& out) {
   switch (q.size(1) / k_cache.size(2)) {
-    case 1: decode_impl<scalar_t, DC, 1>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case 2: decode_impl<scalar_t, DC, 2>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case 3: decode_impl<scalar_t, DC, 3>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case 4: decode_impl<scalar_t, DC, 4>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case 8: decode_impl<scalar_t, DC, 8>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    default: decode_impl<scalar_t, DC, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
+    case 1: decode_impl<scalar_t, DC, 1>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    case 2: decode_impl<scalar_t, DC, 2>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    case 3: decode_impl<scalar_t, DC, 3>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    case 4: decode_impl<scalar_t, DC, 4>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    case 8: decode_impl<scalar_t, DC, 8>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    default: decode_impl<scalar_t, DC, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out);
   }
 }
 
+// Compiled-in head sizes only where keys and values share one (MLA's differ: generic loops).
 template <typename scalar_t>
 void dispatch_dim(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, at::Tensor& out) {
-  switch (q.size(2)) {
-    case 64: dispatch_group<scalar_t, 64>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case 128: dispatch_group<scalar_t, 128>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    default: decode_impl<scalar_t, 0, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, out);
+                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, const Features& f,
+                  at::Tensor& out) {
+  const int64_t d = v_cache.size(3) == q.size(2) ? q.size(2) : 0;
+  switch (d) {
+    case 64: dispatch_group<scalar_t, 64>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    case 128: dispatch_group<scalar_t, 128>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    default: decode_impl<scalar_t, 0, 0>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out);
   }
 }
 
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                        const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale) {
+                        const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
+                        int64_t window, double softcap, const c10::optional<at::Tensor>& sinks) {
   TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu(), "CPU tensors only");
   TORCH_CHECK(q.dim() == 3, "q must be [nd, H, D]");
-  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
-              "k_cache and v_cache must both be [num_blocks, block_size, Hkv, D]");
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.dim() == 4 && v_cache.sizes().slice(0, 3) == k_cache.sizes().slice(0, 3),
+              "k_cache must be [num_blocks, block_size, Hkv, D] and v_cache [num_blocks, block_size, Hkv, DV]");
   TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type(),
               "q and the caches must share a dtype");
   TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
@@ -347,12 +405,21 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   TORCH_CHECK(block_tables.scalar_type() == at::kInt && seq_lens.scalar_type() == at::kInt,
               "block_tables and seq_lens must be int32");
   TORCH_CHECK(block_tables.is_contiguous() && seq_lens.is_contiguous(), "block_tables and seq_lens must be contiguous");
+  TORCH_CHECK(window >= 0, "window must be >= 0 (0: no window)");
+  TORCH_CHECK(softcap >= 0.0, "softcap must be >= 0 (0: no softcap)");
   const int64_t nd = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), Hkv = k_cache.size(2);
-  TORCH_CHECK(k_cache.size(3) == D, "head_dim of q and caches differ");
+  TORCH_CHECK(k_cache.size(3) == D, "head_dim of q and k_cache differ");
   TORCH_CHECK(Hkv > 0 && H % Hkv == 0, "num_heads must be a multiple of num_kv_heads");
   TORCH_CHECK(block_tables.dim() == 2 && block_tables.size(0) == nd, "block_tables must be [nd, max_blocks]");
   TORCH_CHECK(seq_lens.dim() == 1 && seq_lens.size(0) == nd, "seq_lens must be [nd]");
+  const float* sink_ptr = nullptr;
+  if (sinks.has_value()) {
+    const at::Tensor& s = *sinks;
+    TORCH_CHECK(s.scalar_type() == at::kFloat && s.dim() == 1 && s.size(0) == H && s.is_contiguous() &&
+                s.device().is_cpu(), "sinks must be a contiguous float32 CPU tensor [num_heads]");
+    sink_ptr = s.data_ptr<float>();
+  }
 
   // Validate every block id a request will read, so the parallel loop cannot run off the cache.
   const int32_t* tables = block_tables.data_ptr<int32_t>();
@@ -362,17 +429,19 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
     const int64_t need = (static_cast<int64_t>(lens[r]) + block_size - 1) / block_size;
     TORCH_CHECK(lens[r] >= 0 && need <= max_blocks, "seq_len ", lens[r], " of request ", r,
                 " does not fit its block table");
-    for (int64_t b = 0; b < need; ++b)
+    const int64_t skip = window > 0 ? std::max<int64_t>(0, lens[r] - window) / block_size : 0;
+    for (int64_t b = skip; b < need; ++b)
       TORCH_CHECK(tables[r * max_blocks + b] >= 0 && tables[r * max_blocks + b] < num_blocks,
                   "block id out of range in request ", r);
   }
 
-  at::Tensor out = at::empty_like(q);
+  const Features f{window, static_cast<float>(softcap), sink_ptr};
+  at::Tensor out = at::empty({nd, H, v_cache.size(3)}, q.options());
   if (nd == 0) return out;
   switch (q.scalar_type()) {
-    case at::kFloat: dispatch_dim<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case at::kBFloat16: dispatch_dim<at::BFloat16>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
-    case at::kHalf: dispatch_dim<at::Half>(q, k_cache, v_cache, block_tables, seq_lens, scale, out); break;
+    case at::kFloat: dispatch_dim<float>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    case at::kBFloat16: dispatch_dim<at::BFloat16>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
+    case at::kHalf: dispatch_dim<at::Half>(q, k_cache, v_cache, block_tables, seq_lens, scale, f, out); break;
     default: TORCH_CHECK(false, "unsupported dtype ", q.scalar_type());
   }
   return out;
@@ -381,5 +450,8 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode", &paged_decode, "Paged attention decode over the KV cache, read in place (CPU)");
+  m.def("paged_decode", &paged_decode, "Paged attention decode over the KV cache, read in place (CPU)",
+        pybind11::arg("q"), pybind11::arg("k_cache"), pybind11::arg("v_cache"), pybind11::arg("block_tables"),
+        pybind11::arg("seq_lens"), pybind11::arg("scale"), pybind11::arg("window") = 0,
+        pybind11::arg("softcap") = 0.0, pybind11::arg("sinks") = pybind11::none());
 }
