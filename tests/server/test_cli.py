@@ -72,3 +72,11 @@ def test_tls_flags_reach_uvicorn(tmp_path):
     assert (cfg.ssl_keyfile, cfg.ssl_certfile, cfg.port) == ("k.pem", "c.pem", 1)
     with pytest.raises(SystemExit):
         uvicorn_config(build_parser().parse_args(["serve", "--ssl-keyfile", "k.pem"]), app=None)
+
+
+def test_graceful_shutdown_timeout_is_the_drain_deadline():
+    """docker/serve.sh passes --graceful-shutdown-timeout: the same setting as --shutdown-timeout."""
+    from npu_serve.cli import server_config
+
+    args = build_parser().parse_args(["serve", "--graceful-shutdown-timeout", "42"])
+    assert server_config(args).shutdown_timeout_s == 42.0
