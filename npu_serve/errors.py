@@ -38,3 +38,4 @@ class EngineDeadError(NpuServeError):
 
 class DeviceUnavailable(NpuServeError):
     """The requested device (or its runtime, e.g. torch_npu + CANN) cannot be used here."""
+
