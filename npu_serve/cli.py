@@ -23,7 +23,9 @@ def _add_serve_parser(subparsers) -> None:
     p.add_argument("--chat-template", default=None, metavar="FILE", help="a Jinja chat template file to use instead of the model's")
     p.add_argument("--reasoning-parser", choices=["deepseek_r1", "qwen3"], default=None,
                    help="split <think>...</think> output into reasoning_content")
-    p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OpenMP threads (default: torch's choice; with tensor parallelism on CPU, the cores "
+                        "divided among the node's ranks)")
     p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default=None)
     sec = p.add_argument_group("API keys and moderation")
     sec.add_argument("--keys-db", default=None, metavar="PATH",
@@ -50,6 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
     except InvalidParameter as e:
         print(f"npu-serve serve: error: {e}", file=sys.stderr)
         return 2
+    if engine_config.node_rank > 0:  # a compute-only node of a multi-node tensor-parallel engine: no HTTP
+        from npu_serve.distributed.node import serve_node
+
+        return serve_node(engine_config)
 
     import uvicorn
 

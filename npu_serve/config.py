@@ -39,7 +39,8 @@ def _attention_backends() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class EngineConfig:
     model: str | None = option(None, "HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
-    device: str = option("auto", "auto | npu | cuda | cpu")
+    device: str = option("auto", "auto | npu | cuda | cpu (with tensor parallelism each rank takes the device "
+                         "of its local rank; pick devices with ASCEND_RT_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES)")
     dtype: str = option("auto", "auto | float32 | float16 | bfloat16")
     max_model_len: int | None = option(None, "longest prompt + completion, in tokens (default: the model's, "
                                        "lowered to what the KV cache holds)")
@@ -53,18 +54,28 @@ class EngineConfig:
     # on accelerators this fraction of the memory left after loading the weights and a profile pass.
     kv_cache_memory_fraction: float = option(0.9, "share of the accelerator memory left after loading that the "
                                              "KV cache may take")
-    cpu_kv_cache_max_bytes: int = option(4 << 30, "cap of the KV cache on CPU, in bytes")
+    cpu_kv_cache_max_bytes: int = option(4 << 30, "cap of the KV cache on CPU, in bytes (all ranks together)")
     seed: int = option(0, "seed of the global random generator (unseeded sampling)")
     attention_backend: str | None = option(None, "attention backend (default: the device's; the "
                                            "NPU_SERVE_ATTENTION_BACKEND environment variable is the fallback)",
                                            metavar="NAME")
+    tensor_parallel_size: int = option(1, "split the model over this many devices (ranks), over all nodes")
+    nnodes: int = option(1, "nodes that share the ranks (tensor_parallel_size / nnodes ranks each)")
+    node_rank: int = option(0, "this node's index; node 0 serves HTTP, the others only compute")
+    master_addr: str = option("127.0.0.1", "address of node 0, where the ranks meet (torch.distributed rendezvous)")
+    master_port: int | None = option(None, "port of the rendezvous on node 0 (default: a free one on one node, "
+                                     "29500 across nodes)")
+    distributed_timeout: float = option(300.0, "seconds a collective may take before the engine gives up on the "
+                                        "ranks, fails its requests and stops (joining at start waits at least 180 s)",
+                                        metavar="SECONDS")
 
     def __post_init__(self) -> None:
         def positive(name: str, value: int | None) -> None:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InvalidParameter(name, f"{name} must be a positive integer, got {value!r}")
 
-        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks"):
+        for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
+                     "tensor_parallel_size", "nnodes"):
             positive(name, getattr(self, name))
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
             raise InvalidParameter("num_kv_blocks", "num_kv_blocks must be at least 2 (block 0 is reserved)")
@@ -73,6 +84,27 @@ class EngineConfig:
         if self.attention_backend is not None and self.attention_backend not in _attention_backends():
             raise InvalidParameter("attention_backend", f"unknown attention backend {self.attention_backend!r}; "
                                    f"choose one of {', '.join(_attention_backends())}")
+        self._check_distributed()
+
+    def _check_distributed(self) -> None:
+        tp, nnodes = self.tensor_parallel_size, self.nnodes
+        if tp % nnodes:
+            raise InvalidParameter("tensor_parallel_size", f"tensor_parallel_size ({tp}) must be a multiple of "
+                                   f"nnodes ({nnodes}): every node runs tensor_parallel_size / nnodes ranks")
+        if not 0 <= self.node_rank < nnodes:
+            raise InvalidParameter("node_rank", f"node_rank must be in [0, nnodes={nnodes}), got {self.node_rank}")
+        if self.master_port is not None and not 0 < self.master_port < 65536:
+            raise InvalidParameter("master_port", f"master_port must be a TCP port, got {self.master_port}")
+        if not self.distributed_timeout > 0:
+            raise InvalidParameter("distributed_timeout", "distributed_timeout must be positive")
+        if tp > 1 and ":" in self.device:
+            raise InvalidParameter("device", f"device {self.device!r} names one device, but tensor parallelism "
+                                   "gives each rank the device of its local rank; choose the devices with "
+                                   "ASCEND_RT_VISIBLE_DEVICES or CUDA_VISIBLE_DEVICES and pass the device type")
+
+    @property
+    def nproc_per_node(self) -> int:
+        return self.tensor_parallel_size // self.nnodes
 
     # -- built in one place, from keyword arguments or from the command line ------------------------
     @classmethod

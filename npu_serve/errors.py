@@ -39,3 +39,12 @@ class EngineDeadError(NpuServeError):
 class DeviceUnavailable(NpuServeError):
     """The requested device (or its runtime, e.g. torch_npu + CANN) cannot be used here."""
 
+
+class UnsupportedModel(NpuServeError):
+    """The model, or a setting it needs, cannot be served as asked (refused at engine build, before
+    serving, with the model and the feature named)."""
+
+
+class DistributedError(EngineDeadError):
+    """A tensor-parallel rank died, failed, or a collective timed out: the ranks can no longer run
+    steps together, so the engine stops (and the server exits non-zero for a restart)."""

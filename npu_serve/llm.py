@@ -1,5 +1,9 @@
 """LLM: the offline API (vLLM's names). Runs the engine loop on the caller's thread until every
 prompt is done, and returns one RequestOutput per prompt, in order.
+
+With tensor_parallel_size > 1 the other ranks run in spawned processes until `shutdown()` (or the
+`with` block ends); a script that builds one must guard its entry point with
+`if __name__ == "__main__":`, as every spawn-based program must.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class LLM:
         return self.engine.stats(self.facts.tensor_parallel_size)
 
     def shutdown(self) -> None:
-        """Stop what the executor started (nothing on one in-process device). Idempotent."""
+        """Stop the other tensor-parallel ranks (nothing to do on one device). Idempotent."""
         self.engine.executor.shutdown()
 
     def __enter__(self) -> LLM:

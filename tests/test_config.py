@@ -41,16 +41,24 @@ def test_existing_flags_keep_their_names_and_meaning():
     assert EngineConfig.from_cli(serve_args()).enable_prefix_caching is True
 
 
-def test_attention_backend_flag():
-    assert EngineConfig.from_cli(serve_args("--attention-backend", "torch")).attention_backend == "torch"
+def test_distributed_and_backend_flags():
+    args = serve_args("--tensor-parallel-size", "4", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1",
+                      "--master-port", "29555", "--distributed-timeout", "30", "--attention-backend", "torch")
+    cfg = EngineConfig.from_cli(args)
+    assert (cfg.tensor_parallel_size, cfg.nnodes, cfg.node_rank, cfg.nproc_per_node) == (4, 2, 1, 2)
+    assert (cfg.master_addr, cfg.master_port, cfg.distributed_timeout, cfg.attention_backend) == \
+        ("10.0.0.1", 29555, 30.0, "torch")
     with pytest.raises(SystemExit):
         serve_args("--attention-backend", "nope")
 
 
 @pytest.mark.parametrize("kwargs, param, words", [
+    ({"tensor_parallel_size": 3, "nnodes": 2}, "tensor_parallel_size", "multiple of nnodes"),
+    ({"tensor_parallel_size": 2, "nnodes": 2, "node_rank": 2}, "node_rank", "[0, nnodes=2)"),
+    ({"tensor_parallel_size": 2, "device": "npu:1"}, "device", "ASCEND_RT_VISIBLE_DEVICES"),
     ({"attention_backend": "flash"}, "attention_backend", "choose one of"),
-    ({"max_num_seqs": 0}, "max_num_seqs", "positive integer"),
-    ({"kv_cache_memory_fraction": 1.5}, "kv_cache_memory_fraction", "(0, 1]"),
+    ({"distributed_timeout": 0}, "distributed_timeout", "positive"),
+    ({"tensor_parallel_size": 0}, "tensor_parallel_size", "positive integer"),
 ])
 def test_bad_values_are_refused_naming_the_option(kwargs, param, words):
     with pytest.raises(InvalidParameter) as err:
@@ -63,11 +71,11 @@ def test_front_ends_take_exactly_the_config_fields(cls):
     sig = inspect.signature(cls)
     assert list(sig.parameters) == FIELDS
     assert all(sig.parameters[name].default == f.default for name, f in zip(FIELDS, fields(EngineConfig)))
-    assert "attention_backend" in cls.__init__.__doc__
+    assert "tensor_parallel_size" in cls.__init__.__doc__
     with pytest.raises(TypeError, match=r"unexpected engine option 'max_num_seq' \(did you mean 'max_num_seqs'\?\)"):
         cls("unused", max_num_seq=4)  # refused before anything loads
 
 
 def test_from_kwargs_builds_the_same_config():
-    assert EngineConfig.from_kwargs(model="m", max_num_seqs=2) == EngineConfig(model="m", max_num_seqs=2)
+    assert EngineConfig.from_kwargs(model="m", tensor_parallel_size=2) == EngineConfig(model="m", tensor_parallel_size=2)
     assert EngineConfig(model="m").to_kwargs()["model"] == "m"

@@ -51,6 +51,9 @@ class NpuPlatform(Platform):
     # Ascend's fused attention ops (npu_fused_infer_attention_score with a block table) need the
     # KV block size to be a multiple of 128 for prefill.
     default_block_size = 128
+    # HCCL, registered with torch.distributed by torch_npu (imported in __init__ above).
+    dist_backend = "hccl"
+    visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
 
     def __init__(self, index: int | None = None):
         import_torch_npu()  # registers torch.npu; raises DeviceUnavailable with the reason
@@ -73,6 +76,14 @@ class NpuPlatform(Platform):
         except RuntimeError as e:  # torch.npu.is_available() itself failing (driver trouble)
             logger.warning("skipping npu: %s", e)
             return False
+
+    def device_count(self) -> int:
+        return torch.npu.device_count()
+
+    def set_device(self) -> None:
+        # vllm-ascend's worker sets the device before anything allocates or joins HCCL
+        # (vllm_ascend/worker/worker.py `_init_device`); ascend-notes.md, "For tensor parallel on Ascend".
+        torch.npu.set_device(self.torch_device)
 
     def synchronize(self) -> None:
         torch.npu.synchronize(self.torch_device)

@@ -139,7 +139,8 @@ class AsyncEngine:
     async def shutdown(self) -> None:
         self._stopping = True
         self._inbox.put(("stop", None))
-        await asyncio.to_thread(self._thread.join, 30)
+        # A dead engine's thread may be stuck in a step that will never finish: do not wait long for it.
+        await asyncio.to_thread(self._thread.join, 30 if self.dead_error is None else 2)
         await asyncio.to_thread(self.core.executor.shutdown)
 
     # -- the loop (engine thread) -------------------------------------------------------------------

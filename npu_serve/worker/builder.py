@@ -1,5 +1,7 @@
-"""Builds a ModelRunner from an EngineConfig (model, attention backend, KV cache), and the EngineCore
-around an executor."""
+"""Builds one rank's ModelRunner from an EngineConfig (model, attention backend, KV cache), and rank 0's
+EngineCore around an executor. Every tensor-parallel rank runs `build_rank` with the same config at the
+same point (its collectives, the sharded load and the KV block agreement, happen in lockstep).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from npu_serve.worker.model_runner import ModelRunner
 
 if TYPE_CHECKING:
     from npu_serve.device.base import Platform
+    from npu_serve.distributed.group import RankGroup
+    from npu_serve.distributed.sharding import ShardPlan
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +49,13 @@ def _available_ram() -> int:
 
 
 def _num_blocks(config: EngineConfig, spec: KVCacheSpec, platform) -> int:
+    """Blocks this rank can hold. On CPU the ranks of a node share its RAM and the cap is for all ranks
+    together (so a TP engine holds about as many tokens as a single-rank one)."""
     if config.num_kv_blocks is not None:
         return config.num_kv_blocks
     if platform.name == "cpu":
-        budget = min(config.cpu_kv_cache_max_bytes, _available_ram() // 4)
+        budget = min(config.cpu_kv_cache_max_bytes // config.tensor_parallel_size,
+                     _available_ram() // 4 // config.nproc_per_node)
     else:
         platform.synchronize()
         free, _total = platform.mem_get_info()
@@ -56,8 +63,10 @@ def _num_blocks(config: EngineConfig, spec: KVCacheSpec, platform) -> int:
     return spec.num_blocks_for(budget)
 
 
-def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype) -> RankBuild:
-    """Load the model and allocate its KV cache."""
+def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, shard: ShardPlan | None = None,
+               group: RankGroup | None = None) -> RankBuild:
+    """Load this rank's (share of the) model and allocate its KV cache. Under tensor parallelism all
+    ranks agree on the smallest block count any of them can hold."""
     from npu_serve.attention.registry import get_backend
     from npu_serve.models import load_model, resolve_model
 
@@ -67,10 +76,12 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype) -> 
         backend = get_backend(backend_name)
     except ValueError as e:  # an unknown name from NPU_SERVE_ATTENTION_BACKEND
         raise InvalidParameter("attention_backend", str(e)) from None
-    loaded = load_model(resolve_model(config.model), platform, dtype)
+    loaded = load_model(resolve_model(config.model), platform, dtype, shard, group.rank if group else 0)
     block_size = config.block_size or platform.default_block_size
-    spec = KVCacheSpec.from_hf_config(loaded.config, dtype, block_size)
+    spec = KVCacheSpec.from_hf_config(loaded.config, dtype, block_size, shard)
     num_blocks = _num_blocks(config, spec, platform)
+    if group is not None:
+        num_blocks = group.all_min(num_blocks)
     runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend)
     return RankBuild(runner, loaded, platform, dtype, num_blocks, block_size)
 
@@ -92,7 +103,7 @@ def max_model_len(config: EngineConfig, loaded: LoadedModel, num_blocks: int, bl
 
 
 def make_engine_core(config: EngineConfig, built: RankBuild, executor: Executor) -> tuple[EngineCore, EngineFacts, object]:
-    """The scheduler and engine around `executor` (today the runner itself)."""
+    """Rank 0's scheduler and engine around `executor` (the runner itself, or the tensor-parallel one)."""
     loaded = built.loaded
     max_len = max_model_len(config, loaded, built.num_blocks, built.block_size)
     sched = SchedulerConfig(
@@ -105,6 +116,7 @@ def make_engine_core(config: EngineConfig, built: RankBuild, executor: Executor)
     )
     core = EngineCore(sched, executor, loaded.tokenizer, loaded.eos_token_ids)
     facts = EngineFacts(loaded.name, built.platform.name, str(built.dtype).replace("torch.", ""), built.block_size,
-                        built.num_blocks, max_len, loaded.eos_token_ids, built.runner.backend.name)
+                        built.num_blocks, max_len, loaded.eos_token_ids, built.runner.backend.name,
+                        config.tensor_parallel_size)
     logger.info("engine ready: %s", facts)
     return core, facts, loaded.tokenizer

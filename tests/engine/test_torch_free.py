@@ -21,7 +21,7 @@ def test_every_engine_module_imports_with_torch_blocked():
         "    sys.modules[name] = None  # any import of them raises ImportError\n"
         f"for m in {MODULES!r}:\n"
         "    importlib.import_module(m)\n"
-        "import npu_serve.config\n"
+        "import npu_serve.config, npu_serve.distributed.topology\n"
         "assert not any(k == 'torch' or k.startswith('torch.') for k, v in sys.modules.items() if v is not None)\n"
         "print('ok', len(sys.modules))\n"
     )
@@ -51,3 +51,4 @@ def test_no_engine_module_imports_torch_or_the_worker_even_lazily():
         for name in _imported_names(path):
             assert not (name == "torch" or name.startswith("torch.")), f"{path.name} imports {name}"
             assert not name.startswith("npu_serve.worker"), f"{path.name} imports {name}"
+            assert not name.startswith("npu_serve.distributed"), f"{path.name} imports {name}"
