@@ -23,6 +23,9 @@ def _add_serve_parser(subparsers) -> None:
     p.add_argument("--chat-template", default=None, metavar="FILE", help="a Jinja chat template file to use instead of the model's")
     p.add_argument("--reasoning-parser", choices=["deepseek_r1", "qwen3"], default=None,
                    help="split <think>...</think> output into reasoning_content")
+    p.add_argument("--accept-unknown-fields", action="store_true",
+                   help="request fields in no row of docs/api-fields.md are dropped with a warning (as current vLLM "
+                        "does) instead of answering 400 (vLLM 0.6.0, the 909 contract)")
     p.add_argument("--threads", type=int, default=None,
                    help="OpenMP threads (default: torch's choice; with tensor parallelism on CPU, the cores "
                         "divided among the node's ranks)")
@@ -60,17 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from npu_serve.server.app import build_app
-    from npu_serve.server.config import ServerConfig
 
-    chat_template = None
-    if args.chat_template:
-        with open(args.chat_template, encoding="utf-8") as f:
-            chat_template = f.read()
-    config = ServerConfig(
-        served_model_name=args.served_model_name, chat_template=chat_template,
-        reasoning_parser=args.reasoning_parser, keys_db=resolve_keys_db(args.keys_db), api_keys=tuple(args.api_key),
-        moderation=not args.no_moderation, moderation_words=args.moderation_words,
-        moderation_hook=args.moderation_hook)
+    config = server_config(args)
 
     def engine_factory():
         from npu_serve import AsyncEngine
@@ -95,6 +89,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"npu-serve: {fatal[0]}", file=sys.stderr)
         return 1
     return 0
+
+
+def server_config(args: argparse.Namespace):
+    """The ServerConfig that `serve`'s flags ask for (reads the --chat-template file)."""
+    from npu_serve.server.config import ServerConfig
+
+    chat_template = None
+    if args.chat_template:
+        with open(args.chat_template, encoding="utf-8") as f:
+            chat_template = f.read()
+    return ServerConfig(
+        served_model_name=args.served_model_name, chat_template=chat_template,
+        reasoning_parser=args.reasoning_parser, keys_db=resolve_keys_db(args.keys_db), api_keys=tuple(args.api_key),
+        moderation=not args.no_moderation, moderation_words=args.moderation_words,
+        moderation_hook=args.moderation_hook, accept_unknown_fields=args.accept_unknown_fields)
 
 
 def resolve_keys_db(given: str | None) -> str | None:

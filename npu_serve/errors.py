@@ -41,8 +41,9 @@ class DeviceUnavailable(NpuServeError):
 
 
 class UnsupportedModel(NpuServeError):
-    """The model, or a setting it needs, cannot be served as asked (refused at engine build, before
-    serving, with the model and the feature named)."""
+    """The model uses something npu-serve does not compute exactly (an attention feature a backend
+    lacks, a layer type, a keyword transformers passes that we do not implement), or cannot be split
+    as asked (tensor parallelism). Raised while the engine is built, before any request is served."""
 
 
 class DistributedError(EngineDeadError):

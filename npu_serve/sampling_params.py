@@ -117,6 +117,15 @@ class SamplingParams:
             raise bad("top_k", "top_k must be -1 when using beam search.")
         if self.early_stopping not in (True, False, "never"):
             raise bad("early_stopping", f"early_stopping must be True, False, or 'never', got {self.early_stopping}.")
+        # Beam search ranks candidates by the model's own log-probabilities (engine/beam_search.py);
+        # the logits transforms of worker/logits_processors.py never run for it, so asking for one
+        # would be silently dropped.
+        for name, unused in (("logit_bias", bool(self.logit_bias)), ("min_tokens", self.min_tokens > 0),
+                             ("presence_penalty", self.presence_penalty != 0.0),
+                             ("frequency_penalty", self.frequency_penalty != 0.0),
+                             ("repetition_penalty", self.repetition_penalty != 1.0)):
+            if unused:
+                raise bad(name, f"{name} is not supported with beam search (use_beam_search=true).")
 
     def _verify_non_beam_search(self, bad) -> None:
         if self.early_stopping is not False:

@@ -24,3 +24,47 @@ setup_venv() {
         touch "$stamp"
     fi
 }
+
+# Tools the end-to-end tests drive as a user would, each wanting other pins than the project's:
+# guidellm needs an unpinned torch (which would pull a CUDA build) and click/datasets versions
+# that clash with .venv. They get their own venv, .venv-tools, with the same CPU torch first.
+# tests/e2e/test_guidellm_e2e.py finds .venv-tools/bin/guidellm (or NPU_SERVE_GUIDELLM).
+GUIDELLM_SPEC="${NPU_SERVE_GUIDELLM_SPEC:-guidellm==0.8.1}"  # its CLI grammar changes between releases
+
+setup_tools_venv() {
+    local py="${PYTHON:-python3}"
+    local stamp=".venv-tools/.npu-serve-installed-${GUIDELLM_SPEC//[^A-Za-z0-9.=_-]/_}"
+    if [ -f "$stamp" ]; then
+        return 0
+    fi
+    echo "creating .venv-tools (${GUIDELLM_SPEC})"
+    if [ ! -x .venv-tools/bin/python ]; then
+        "$py" -m venv .venv-tools
+    fi
+    .venv-tools/bin/python -m pip install -q --upgrade pip
+    if ! .venv-tools/bin/python -c "import torch" 2>/dev/null; then
+        .venv-tools/bin/python -m pip install -q "torch==${TORCH_VERSION}"
+    fi
+    .venv-tools/bin/python -m pip install -q "${GUIDELLM_SPEC}"
+    touch "$stamp"
+}
+
+# Whether a pytest command line (the arguments of ./scripts/test) may run the tool-driven tests:
+# yes for the whole suite or anything under tests/e2e, no when every path given is elsewhere.
+needs_tools() {
+    local arg any_path=0
+    for arg in "$@"; do
+        case "$arg" in
+            -*) ;;
+            *)
+                if [ -e "${arg%%::*}" ]; then
+                    any_path=1
+                    case "${arg%%::*}" in
+                        tests|tests/|tests/e2e|tests/e2e/*|.|./) return 0 ;;
+                    esac
+                fi
+                ;;
+        esac
+    done
+    [ "$any_path" -eq 0 ]
+}

@@ -27,7 +27,7 @@ from types import ModuleType
 
 import torch
 
-from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
+from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 from npu_serve.device.npu import import_torch_npu
 
 # sparse_mode=3 (rightDownCausal) reads causality from this fixed-size compressed mask whatever the
@@ -58,15 +58,16 @@ class NpuAttentionBackend(AttentionBackend):
         value: torch.Tensor,
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
-        scale: float,
+        layer: AttentionLayer,
     ) -> torch.Tensor:
+        scale = layer.scale
         if query.dtype not in _SUPPORTED_DTYPES:
             raise ValueError(f"the Ascend fused attention ops take float16/bfloat16, not {query.dtype}; "
                              "run with --dtype bfloat16 (or the torch backend for float32)")
         if self._npu is None:
             self._npu = import_torch_npu()
         npu = self._npu
-        key_cache, value_cache = kv_cache[0], kv_cache[1]  # each [num_blocks, block_size, Hkv, D]
+        key_cache, value_cache = kv_cache  # each [num_blocks, block_size, Hkv, D]
         query = query.contiguous()
         self._write(npu, key.contiguous(), value.contiguous(), key_cache, value_cache,
                     meta.slot_mapping.to(torch.int32))

@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
+from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 
 
-def write_kv(kv_cache: torch.Tensor, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
-    _, num_blocks, block_size, h, d = kv_cache.shape
-    kv_cache[0].view(num_blocks * block_size, h, d).index_copy_(0, slot_mapping, key)
-    kv_cache[1].view(num_blocks * block_size, h, d).index_copy_(0, slot_mapping, value)
+def write_kv(kv_cache, key: torch.Tensor, value: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """Write each new token's K and V into its slot of the (key_cache, value_cache) pair."""
+    for cache, new in zip(kv_cache, (key, value)):
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slot_mapping, new)
 
 
 def gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
@@ -35,7 +35,8 @@ class TorchAttentionBackend(AttentionBackend):
         self._groups_for: AttentionMetadata | None = None
         self._groups: list = []
 
-    def forward(self, query, key, value, kv_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    def forward(self, query, key, value, kv_cache, meta: AttentionMetadata, layer: AttentionLayer) -> torch.Tensor:
+        scale = layer.scale
         write_kv(kv_cache, key, value, meta.slot_mapping)
         out = torch.empty_like(query)
         if meta.num_decodes:

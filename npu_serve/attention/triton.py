@@ -12,7 +12,7 @@ from types import ModuleType
 
 import torch
 
-from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
+from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 
 
 def _load_kernels() -> tuple[ModuleType, ModuleType]:
@@ -44,8 +44,9 @@ class TritonAttentionBackend(AttentionBackend):
         value: torch.Tensor,
         kv_cache: torch.Tensor,
         meta: AttentionMetadata,
-        scale: float,
+        layer: AttentionLayer,
     ) -> torch.Tensor:
+        scale = layer.scale
         if self._attention is None:
             if not query.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
                 raise RuntimeError("the triton attention backend runs on CUDA tensors "

@@ -22,7 +22,7 @@ from npu_serve.server.protocol import (
 )
 from npu_serve.server.reasoning import split_whole
 from npu_serve.server.serving import (
-    ServerState, check_model, moderation_refusal, new_request_id, parse_body, run_request, server_state,
+    ServerState, check_model, moderation_refusal, parse_body, request_ids, run_request, server_state,
 )
 
 
@@ -50,10 +50,15 @@ def build_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple[list[d
     if not template:
         raise InvalidParameter("messages", "This model has no chat template; start the server with --chat-template "
                                "or send one in the request's chat_template.")
+    _check_template_reads(template, req)
+    kwargs = dict(req.chat_template_kwargs or {})
+    if req.reasoning_effort is not None:
+        kwargs["reasoning_effort"] = req.reasoning_effort
     try:
         text = tokenizer.apply_chat_template(
             messages, chat_template=template, add_generation_prompt=req.add_generation_prompt, tokenize=False,
-            tools=req.tools, documents=req.documents, **(req.chat_template_kwargs or {}))
+            continue_final_message=req.continue_final_message, tools=req.tools or None, documents=req.documents,
+            **kwargs)
     except Exception as e:  # jinja raises its own zoo (raise_exception in templates, undefined vars)
         raise InvalidParameter("messages", f"The chat template could not be applied to these messages: {e}") from e
     ids = list(tokenizer.encode(text, add_special_tokens=req.add_special_tokens))
@@ -62,23 +67,35 @@ def build_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple[list[d
     return messages, ids
 
 
+def _check_template_reads(template: str | dict[str, str], req: ChatCompletionRequest) -> None:
+    """Fields whose only effect is a chat-template variable are refused when the template never
+    mentions that variable: they would vanish without a trace (docs/api-fields.md). A mention,
+    not a parse, decides: templates may use tags plain Jinja does not know."""
+    source = template if isinstance(template, str) else "\n".join(template.values())
+    for name, sent in (("tools", bool(req.tools)), ("documents", bool(req.documents)),
+                       ("reasoning_effort", req.reasoning_effort is not None)):
+        if sent and name not in source:
+            raise InvalidParameter(name, f"`{name}` would have no effect: this model's chat template does not use it "
+                                   "(send a chat_template that does, or leave the field out).")
+
+
 def _role(req: ChatCompletionRequest) -> str:
     return "assistant" if req.add_generation_prompt else req.messages[-1].role
 
 
 async def create_chat_completion(request: Request) -> Response:
     state = server_state(request)
-    req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest)
+    req: ChatCompletionRequest = await parse_body(request, ChatCompletionRequest, state.config.accept_unknown_fields)
     engine = state.require_engine()
     check_model(state, req.model)
     P.check_request(req)
     messages, prompt_ids = build_prompt(state, req)
     if state.moderator is not None and state.moderator.check("\n".join(m["content"] for m in messages)):
         return moderation_refusal()
-    max_tokens = P.resolve_max_tokens(req.max_tokens, state.config.default_chat_max_tokens, len(prompt_ids),
-                                      engine.max_model_len, "messages")
+    max_tokens = P.resolve_max_tokens(P.chat_max_tokens(req), state.config.default_chat_max_tokens,
+                                      len(prompt_ids), engine.max_model_len, "messages")
     params = P.sampling_params(req, state.config, max_tokens, len(engine.tokenizer))
-    request_id = new_request_id("chatcmpl")
+    request_id, response_id = request_ids("chatcmpl", req.request_id)
     created = int(time.time())
     role = _role(req)
     echo = ""
@@ -89,7 +106,7 @@ async def create_chat_completion(request: Request) -> Response:
 
     def make_builder(first: RequestOutput) -> ChatStreamBuilder:
         settings = StreamSettings.for_request(
-            req, request_id=request_id, model=state.model_name, created=created,
+            req, request_id=response_id, model=state.model_name, created=created,
             prompt_tokens=len(first.prompt_token_ids), logprobs_top=top, tokenizer=engine.tokenizer, echo=echo)
         return ChatStreamBuilder(settings, role=role, moderator=state.moderator, reasoning=reasoning)
 
@@ -110,8 +127,9 @@ async def create_chat_completion(request: Request) -> Response:
                 for c in choices):
             return moderation_refusal()
         completion_tokens = sum(len(out.token_ids) for out in final.outputs)
-        body = ChatCompletionResponse(id=request_id, created=created, model=state.model_name, choices=choices,
-                                      usage=usage(len(final.prompt_token_ids), completion_tokens))
+        body = ChatCompletionResponse(id=response_id, created=created, model=state.model_name, choices=choices,
+                                      usage=usage(len(final.prompt_token_ids), completion_tokens),
+                                      prompt_logprobs=lp.prompt_logprobs(final.prompt_logprobs, engine.tokenizer))
         return JSONResponse(body.model_dump())
 
     return await run_request(request, engine, prompt_ids, params, request_id, req.stream, make_builder, make_response)

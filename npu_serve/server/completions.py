@@ -14,7 +14,7 @@ from npu_serve.server import params as P
 from npu_serve.server.chunks import CompletionStreamBuilder, StreamSettings
 from npu_serve.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, usage
 from npu_serve.server.serving import (
-    ServerState, check_model, moderation_refusal, new_request_id, parse_body, run_request, server_state,
+    ServerState, check_model, moderation_refusal, parse_body, request_ids, run_request, server_state,
 )
 
 
@@ -45,7 +45,7 @@ def build_prompt(state: ServerState, req: CompletionRequest) -> tuple[str, list[
 
 async def create_completion(request: Request) -> Response:
     state = server_state(request)
-    req: CompletionRequest = await parse_body(request, CompletionRequest)
+    req: CompletionRequest = await parse_body(request, CompletionRequest, state.config.accept_unknown_fields)
     engine = state.require_engine()
     check_model(state, req.model)
     P.check_request(req)
@@ -57,13 +57,13 @@ async def create_completion(request: Request) -> Response:
     max_tokens = P.resolve_max_tokens(req.max_tokens, state.config.default_completion_max_tokens, len(prompt_ids),
                                       engine.max_model_len, "prompt")
     params = P.sampling_params(req, state.config, max_tokens, len(engine.tokenizer))
-    request_id = new_request_id("cmpl")
+    request_id, response_id = request_ids("cmpl", req.request_id)
     created = int(time.time())
     echo = text if req.echo else ""
 
     def make_builder(first: RequestOutput) -> CompletionStreamBuilder:
         settings = StreamSettings.for_request(
-            req, request_id=request_id, model=state.model_name, created=created,
+            req, request_id=response_id, model=state.model_name, created=created,
             prompt_tokens=len(first.prompt_token_ids), logprobs_top=req.logprobs, tokenizer=engine.tokenizer,
             echo=echo)
         return CompletionStreamBuilder(settings, moderator=state.moderator)
@@ -72,14 +72,16 @@ async def create_completion(request: Request) -> Response:
         if state.moderator is not None and any(state.moderator.check(out.text) for out in final.outputs):
             return moderation_refusal()
         choices = []
+        prompt_lps = lp.prompt_logprobs(final.prompt_logprobs, engine.tokenizer)
         for out in final.outputs:
             logprobs = None
             if req.logprobs is not None and out.logprobs is not None:
                 logprobs = lp.completion_logprobs(out.token_ids, out.logprobs, req.logprobs, engine.tokenizer)
             choices.append(CompletionChoice(index=out.index, text=echo + out.text, logprobs=logprobs,
-                                            finish_reason=str(out.finish_reason), stop_reason=out.stop_reason))
+                                            finish_reason=str(out.finish_reason), stop_reason=out.stop_reason,
+                                            prompt_logprobs=prompt_lps))
         completion_tokens = sum(len(out.token_ids) for out in final.outputs)
-        body = CompletionResponse(id=request_id, created=created, model=state.model_name, choices=choices,
+        body = CompletionResponse(id=response_id, created=created, model=state.model_name, choices=choices,
                                   usage=usage(len(final.prompt_token_ids), completion_tokens))
         return JSONResponse(body.model_dump())
 

@@ -33,6 +33,9 @@ class ServerConfig:
     moderation_hook: str | None = None
     # Run one tiny request after loading so the first client does not pay for lazy init.
     warmup: bool = True
+    # A request field in no row of docs/api-fields.md is a 400 (vLLM 0.6.0, the 909 contract);
+    # True drops it with a logged warning instead, as current vLLM does.
+    accept_unknown_fields: bool = False
 
     def __post_init__(self) -> None:
         if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:

@@ -68,3 +68,19 @@ def completion_logprobs(token_ids: list[int], positions: list[dict[int, Logprob]
         out.text_offset.append(offset)
         offset += len(text)
     return out
+
+
+def prompt_logprobs(positions: list[dict[int, Logprob] | None] | None,
+                    tokenizer: Any) -> list[dict[int, dict[str, Any]] | None] | None:
+    """vLLM 0.6.0's `prompt_logprobs`: per prompt token (None for the first) a dict token id ->
+    {"logprob", "rank", "decoded_token"}, the prompt token itself plus the requested top ones."""
+    if positions is None:
+        return None
+    out: list[dict[int, dict[str, Any]] | None] = []
+    for step in positions:
+        if step is None:
+            out.append(None)
+            continue
+        out.append({tid: {"logprob": _value(lp), "rank": lp.rank, "decoded_token": _token_text(lp, tid, tokenizer)}
+                    for tid, lp in step.items()})
+    return out

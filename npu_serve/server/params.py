@@ -2,7 +2,8 @@
 
 The refusal rules of the MaaS contract live in `SamplingParams._verify` (shared with the offline
 API); here are only the rules that need the server's view: defaults, `stream_options` without
-`stream`, logprob field pairing, unsupported vLLM features, and whether prompt + completion fit.
+`stream`, logprob field pairing, tool-calling and output-cap fields, and whether prompt +
+completion fit. Fields refused whole never get here (`fields.screen`).
 """
 
 from __future__ import annotations
@@ -16,24 +17,43 @@ _LOGIT_BIAS_LIMIT = 100.0  # OpenAI's (and vLLM's) clamp
 
 
 def check_request(req: _SamplingFields) -> None:
-    """Rules that do not depend on the prompt. Raises InvalidParameter naming the field."""
+    """Rules that do not depend on the prompt. Raises InvalidParameter naming the field.
+    (Fields refused whole are refused earlier, by `fields.screen`, from docs/api-fields.md.)"""
     if req.stream_options is not None and not req.stream:
         raise InvalidParameter("stream_options", "`stream_options` can only be defined when `stream=True`.")
-    for name in ("guided_json", "guided_regex", "guided_choice", "guided_grammar"):
-        if getattr(req, name) is not None:
-            raise InvalidParameter(name, f"{name} (guided decoding) is not supported by this server.")
-    if req.response_format is not None and req.response_format.type != "text":
-        raise InvalidParameter("response_format", "Only response_format type 'text' is supported by this server.")
+    if req.prompt_logprobs is not None and req.stream:
+        # Stream chunks have no place for them (current vLLM refuses the same way).
+        raise InvalidParameter("prompt_logprobs", "`prompt_logprobs` are not available when `stream=True`.")
     if isinstance(req, ChatCompletionRequest):
         if req.top_logprobs is not None:
             if not req.logprobs:
                 raise InvalidParameter("top_logprobs", "when using `top_logprobs`, `logprobs` must be set to true.")
             if req.top_logprobs < 0:
                 raise InvalidParameter("top_logprobs", "`top_logprobs` must be a positive value.")
-        if req.tools and req.tool_choice not in (None, "none"):
-            raise InvalidParameter("tool_choice", "Only tool_choice 'none' is supported by this server.")
-    if isinstance(req, CompletionRequest) and req.suffix is not None:
-        raise InvalidParameter("suffix", "suffix is not supported by this server.")
+        if req.tool_choice not in (None, "none"):
+            raise InvalidParameter("tool_choice", "Only tool_choice 'none' is supported by this server "
+                                   "(tool calling is not implemented).")
+        if req.tools and req.tool_choice != "none":
+            raise InvalidParameter("tools", "Tool calling is not supported by this server; send tool_choice 'none' "
+                                   "to have the tools only rendered into the prompt by the chat template.")
+        if req.continue_final_message and req.add_generation_prompt:
+            raise InvalidParameter("continue_final_message", "Cannot set both `continue_final_message` and "
+                                   "`add_generation_prompt` to true.")
+        chat_max_tokens(req)
+
+
+def chat_max_tokens(req: ChatCompletionRequest) -> int | None:
+    """The chat output cap from `max_completion_tokens` (OpenAI's current name) or `max_tokens`.
+    Both with different values is a 400 naming both: we cannot tell which one the client meant."""
+    new, old = req.max_completion_tokens, req.max_tokens
+    if new is None:
+        return old
+    if old is not None and old != new:
+        raise InvalidParameter("max_completion_tokens", f"`max_completion_tokens` ({new}) and `max_tokens` ({old}) "
+                               "disagree; send one of them (max_tokens is the deprecated name).")
+    if new < 1:
+        raise InvalidParameter("max_completion_tokens", f"max_completion_tokens must be at least 1, got {new}.")
+    return new
 
 
 def resolve_max_tokens(requested: int | None, default: int | None, prompt_tokens: int, max_model_len: int,
@@ -94,7 +114,6 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, cfg: ServerC
         logprobs=logprobs,
         prompt_logprobs=req.prompt_logprobs,
         skip_special_tokens=req.skip_special_tokens,
-        spaces_between_special_tokens=req.spaces_between_special_tokens,
         use_beam_search=req.use_beam_search,
         length_penalty=req.length_penalty,
         early_stopping=req.early_stopping,

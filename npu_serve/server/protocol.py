@@ -1,8 +1,11 @@
 """Pydantic models of every request and response body (vLLM 0.6.0's OpenAI server, MaaS defaults).
 
-Requests forbid unknown fields (vLLM 0.6.0 does; MaaS reports `extra_forbidden`), so a typo is a
-400 naming the field instead of a silently ignored setting. Sampling fields default to None where
-the server fills in a configured default (temperature, top_p, top_k, max_tokens).
+The request models hold exactly the fields docs/api-fields.md marks *implemented* (a test checks
+it); `fields.screen` has already dropped the ignored ones, refused the refused ones and, with
+--accept-unknown-fields, dropped unknown ones. What is left unknown is forbidden here (vLLM 0.6.0
+does; MaaS reports `extra_forbidden`), so a typo is a 400 naming the field instead of a silently
+ignored setting. Sampling fields default to None where the server fills in a configured default
+(temperature, top_p, top_k, max_tokens).
 
 Responses are dumped like vLLM 0.6.0 dumps them: whole responses with every field, stream chunks
 with `exclude_unset=True`, which is why chunk builders set `usage`/`logprobs` explicitly (to null)
@@ -12,7 +15,7 @@ when the key must appear and leave them unset when it must not.
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,11 +35,6 @@ class StreamOptions(_Request):
     continuous_usage_stats: bool | None = False
 
 
-class ResponseFormat(_Request):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
-
-
 class ChatMessageParam(BaseModel):
     """One input message. Unknown keys are ignored (clients echo back whole assistant messages,
     `reasoning_content` and `tool_calls` included); only the top level is strict."""
@@ -48,7 +46,9 @@ class ChatMessageParam(BaseModel):
 
 
 class _SamplingFields(_Request):
-    """Fields shared by chat and completions: OpenAI's, then vLLM 0.6.0's extras."""
+    """Fields shared by chat and completions: OpenAI's, then vLLM's extras."""
+
+    endpoint: ClassVar[str]  # the column of docs/api-fields.md that governs this model
 
     model: str
     frequency_penalty: float = 0.0
@@ -61,8 +61,8 @@ class _SamplingFields(_Request):
     stream_options: StreamOptions | None = None
     temperature: float | None = None
     top_p: float | None = None
-    user: str | None = None
-    response_format: ResponseFormat | None = None
+    max_tokens: int | None = None
+    echo: bool = False
     # vLLM sampling extras
     best_of: int | None = None
     use_beam_search: bool = False
@@ -70,47 +70,44 @@ class _SamplingFields(_Request):
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
-    early_stopping: bool = False
+    early_stopping: bool | Literal["never"] = False
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     ignore_eos: bool = False
     min_tokens: int = 0
     skip_special_tokens: bool = True
-    spaces_between_special_tokens: bool = True
     truncate_prompt_tokens: int | None = Field(None, ge=1)
     prompt_logprobs: int | None = None
-    # Guided decoding is part of vLLM 0.6.0's schema; we accept the names so the refusal can say
-    # "not supported" instead of "unknown field".
-    guided_json: str | dict[str, Any] | None = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
-    guided_decoding_backend: str | None = None
-    guided_whitespace_pattern: str | None = None
+    # vLLM: the response id becomes "<prefix>-<request_id>" (the engine's own id stays unique).
+    request_id: str | None = Field(None, min_length=1, max_length=256)
 
 
 class ChatCompletionRequest(_SamplingFields):
+    endpoint: ClassVar[str] = "chat"
+
     messages: list[ChatMessageParam] = Field(min_length=1)
     logprobs: bool = False
     top_logprobs: int | None = None
-    max_tokens: int | None = None
+    # OpenAI's current name for the output cap; with max_tokens it must agree (params.check_request).
+    max_completion_tokens: int | None = None
+    # Tool calling is not implemented: tools reach the chat template only with tool_choice "none".
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = "none"
-    parallel_tool_calls: bool | None = False
-    echo: bool = False
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     add_generation_prompt: bool = True
+    continue_final_message: bool = False
     add_special_tokens: bool = False
     documents: list[dict[str, str]] | None = None
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # Every value the openai SDK allows; handed to the chat template, as vLLM does.
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
 
 
 class CompletionRequest(_SamplingFields):
+    endpoint: ClassVar[str] = "completions"
+
     prompt: str | list[int] | list[str] | list[list[int]]
     logprobs: int | None = None
-    max_tokens: int | None = None
-    echo: bool = False
-    suffix: str | None = None
     add_special_tokens: bool = True
 
 

@@ -22,6 +22,7 @@ from npu_serve.sampling_params import SamplingParams
 from npu_serve.server.chunks import _StreamBuilder
 from npu_serve.server.config import ServerConfig
 from npu_serve.server.errors import APIError
+from npu_serve.server.fields import screen
 from npu_serve.server.streaming import (
     ClientDisconnected, check_output, close_quietly, sse_events, sse_response, until_disconnect,
 )
@@ -55,9 +56,10 @@ def server_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-async def parse_body(request: Request, model: type[BaseModel]) -> Any:
-    """JSON body -> validated request model; malformed JSON or a schema violation is a 400 that
-    names the offending field (the first one, in `param`; all of them in the message)."""
+async def parse_body(request: Request, model: type[BaseModel], accept_unknown: bool = False) -> Any:
+    """JSON body -> the field table (`fields.screen`, for `model.endpoint`) -> validated request
+    model. Malformed JSON, a refused field or a schema violation is a 400 that names the
+    offending field (the first one, in `param`; all of them in the message)."""
     raw = await request.body()
     try:
         data = json.loads(raw)
@@ -65,6 +67,7 @@ async def parse_body(request: Request, model: type[BaseModel]) -> Any:
         raise APIError(400, f"Malformed JSON in the request body: {e}") from None
     if not isinstance(data, dict):
         raise APIError(400, "The request body must be a JSON object.")
+    data = screen(data, model.endpoint, accept_unknown)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -89,6 +92,14 @@ def moderation_refusal() -> JSONResponse:
 
 def new_request_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def request_ids(prefix: str, given: str | None) -> tuple[str, str]:
+    """(engine request id, response id). The engine's id is always fresh, so two requests sending
+    the same `request_id` never collide; the response id is `<prefix>-<request_id>` when the
+    client sent one (as vLLM answers), else the engine's id."""
+    engine_id = new_request_id(prefix)
+    return engine_id, (f"{prefix}-{given}" if given is not None else engine_id)
 
 
 async def run_request(request: Request, engine: EngineClient, prompt_ids: list[int], params: SamplingParams,

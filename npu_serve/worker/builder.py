@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from npu_serve.attention import hf_bridge
 from npu_serve.config import EngineConfig, EngineFacts, default_attention_backend
 from npu_serve.engine.engine_core import EngineCore, Executor
 from npu_serve.engine.scheduler import SchedulerConfig
@@ -79,10 +80,14 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, sha
     loaded = load_model(resolve_model(config.model), platform, dtype, shard, group.rank if group else 0)
     block_size = config.block_size or platform.default_block_size
     spec = KVCacheSpec.from_hf_config(loaded.config, dtype, block_size, shard)
+    # The attention facts of this rank's share of the heads; UnsupportedModel before any KV is allocated.
+    heads = (shard.num_heads, shard.num_kv_heads) if shard is not None and shard.tp_size > 1 else None
+    layers = hf_bridge.install(loaded.model, backend, heads)
     num_blocks = _num_blocks(config, spec, platform)
     if group is not None:
         num_blocks = group.all_min(num_blocks)
-    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend)
+    # Its dry forward (one token, every attention call checked) runs on every rank at once: it has collectives.
+    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers)
     return RankBuild(runner, loaded, platform, dtype, num_blocks, block_size)
 
 

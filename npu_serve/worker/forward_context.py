@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import torch
+from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 
-from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
+if TYPE_CHECKING:
+    from npu_serve.attention.hf_bridge import CallCheck
 
 
 @dataclass
 class ForwardContext:
     meta: AttentionMetadata
-    kv_caches: list[torch.Tensor]  # one per layer, indexed by module.layer_idx
+    kv_caches: list[Any]  # one (key_cache, value_cache) pair per layer, indexed by module.layer_idx
     backend: AttentionBackend
+    layers: list[AttentionLayer]  # the per-layer facts, indexed the same way
+    check: CallCheck | None = None  # set only for the dry run after install (hf_bridge)
 
 
 _current: ForwardContext | None = None

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from npu_serve.attention import hf_bridge
-from npu_serve.attention.backend import AttentionBackend, AttentionMetadata
+from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 from npu_serve.engine.beam_search import candidates_per_beam
 from npu_serve.engine.messages import RunnerOutput, SamplingRequest, SchedulerOutput
 from npu_serve.sampling_params import SamplingParams
@@ -29,17 +29,42 @@ from npu_serve.worker.sampler import Sampler, SamplingRow, gather_logprobs
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, device: torch.device, spec: KVCacheSpec, num_blocks: int,
-                 backend: AttentionBackend):
+                 backend: AttentionBackend, layers: list[AttentionLayer]):
+        """`layers` are the facts `hf_bridge.install(model, backend)` returned; the constructor runs the
+        dry forward that checks them against what transformers really passes (UnsupportedModel)."""
         self.model = model
         self.device = device
         self.spec = spec
         self.block_size = spec.block_size
         self.backend = backend
+        self.layers = layers
         self.sampler = Sampler()
         self.kv_caches = allocate_kv_caches(spec, num_blocks, device)
         self._generators: dict[str, torch.Generator] = {}
         self._ranked_params: dict[str, SamplingParams] = {}  # best_of > n: params that ask for logprobs
-        hf_bridge.install(model)
+        self._dry_run()
+
+    @torch.inference_mode()
+    def _dry_run(self) -> None:
+        """One token through the model with every attention call checked against the layer facts
+        (hf_bridge.CallCheck): an attention feature we would drop is refused here, at engine build,
+        not discovered as wrong tokens. The token goes into block 1, which is zeroed afterwards."""
+        bs = self.block_size
+        one = torch.tensor([1], dtype=torch.int32, device=self.device)
+        meta = AttentionMetadata(
+            num_tokens=1, num_decodes=0,
+            query_start_loc=torch.tensor([0, 1], dtype=torch.int32, device=self.device), seq_lens=one,
+            block_tables=one.view(1, 1), slot_mapping=torch.tensor([bs], dtype=torch.int64, device=self.device),
+            query_start_loc_cpu=[0, 1], seq_lens_cpu=[1], block_size=bs,
+        )
+        check = hf_bridge.dry_run_check(self.model)
+        zeros = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        with forward_context(ForwardContext(meta, self.kv_caches, self.backend, self.layers, check)):
+            self.model.get_decoder()(input_ids=zeros, position_ids=zeros, use_cache=False)
+        check.finish(self.layers)
+        for key_cache, value_cache in self.kv_caches:
+            key_cache[1].zero_()
+            value_cache[1].zero_()
 
     # -- batch packing ------------------------------------------------------------------------------
     def _prepare(self, so: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
@@ -105,7 +130,7 @@ class ModelRunner:
         if not so.scheduled:
             return None
         input_ids, positions, meta, keep_idx = self._prepare(so)
-        ctx = ForwardContext(meta, self.kv_caches, self.backend)
+        ctx = ForwardContext(meta, self.kv_caches, self.backend, self.layers)
         with forward_context(ctx):
             if not keep_idx:
                 # Only prompt chunks this step: run the layers for their KV, skip lm_head entirely.

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from npu_serve.attention.backend import AttentionMetadata
+from npu_serve.attention.backend import AttentionLayer, AttentionMetadata
 
 DEVICE = os.environ.get("NPU_SERVE_TEST_DEVICE", "cpu")
 # Written into the null block: a kernel that reads padding unmasked shows it at once.
@@ -24,6 +24,12 @@ class PagedCase:
     kv_cache: torch.Tensor  # [2, num_blocks, block_size, Hkv, D]; context filled, new slots not yet
     meta: AttentionMetadata
     scale: float
+
+    @property
+    def layer(self) -> AttentionLayer:
+        """The facts of the (plain, causal) layer this case attends as."""
+        return AttentionLayer(layer_idx=0, num_heads=self.query.shape[1], num_kv_heads=self.key.shape[1],
+                              head_dim=self.query.shape[2], v_head_dim=self.value.shape[2], scale=self.scale)
 
 
 def make_case(

@@ -27,7 +27,7 @@ def fake(monkeypatch):
 
 def _run(case, write_op="scatter"):
     kv_cache = case.kv_cache.clone()
-    out = NpuAttentionBackend(write_op).forward(case.query, case.key, case.value, kv_cache, case.meta, case.scale)
+    out = NpuAttentionBackend(write_op).forward(case.query, case.key, case.value, kv_cache, case.meta, case.layer)
     expected_cache = case.kv_cache.clone()
     reshape_and_cache_ref(case.key, case.value, expected_cache, case.meta.slot_mapping)
     m = case.meta
@@ -109,11 +109,11 @@ def test_atb_write_op(fake):
 def test_rejects_float32_and_small_blocks_before_calling_the_device(fake):
     case = make_case([4], [4], 0, 2, 2, 64, 128, torch.float32, device="cpu")
     with pytest.raises(ValueError, match="float16/bfloat16"):
-        NpuAttentionBackend().forward(case.query, case.key, case.value, case.kv_cache, case.meta, case.scale)
+        NpuAttentionBackend().forward(case.query, case.key, case.value, case.kv_cache, case.meta, case.layer)
     assert fake.calls == []
     case = make_case([4], [20], 0, 2, 2, 64, 16, DTYPE, device="cpu")
     with pytest.raises(ValueError, match="multiple of 128"):
-        NpuAttentionBackend().forward(case.query, case.key, case.value, case.kv_cache, case.meta, case.scale)
+        NpuAttentionBackend().forward(case.query, case.key, case.value, case.kv_cache, case.meta, case.layer)
     assert [c.name for c in fake.calls] == ["npu_scatter_pa_kv_cache"]
 
 
@@ -122,4 +122,4 @@ def test_missing_torch_npu_is_a_clear_error():
     from npu_serve.errors import DeviceUnavailable
 
     with pytest.raises(DeviceUnavailable, match="torch-npu is not installed"):
-        NpuAttentionBackend().forward(case.query, case.key, case.value, case.kv_cache, case.meta, case.scale)
+        NpuAttentionBackend().forward(case.query, case.key, case.value, case.kv_cache, case.meta, case.layer)

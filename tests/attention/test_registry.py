@@ -38,7 +38,7 @@ def test_cpu_backend_matches_the_torch_reference_on_a_mixed_batch():
     """The "cpu" backend (C++ decode kernel) against the pure torch reference, decodes and a chunk."""
     import torch
 
-    from npu_serve.attention.backend import AttentionMetadata
+    from npu_serve.attention.backend import AttentionLayer, AttentionMetadata
 
     cpu = get_backend("cpu")
     if not cpu.uses_kernel:
@@ -64,6 +64,7 @@ def test_cpu_backend_matches_the_torch_reference_on_a_mixed_batch():
                              block_size=bs)
     cache = torch.randn(2, nb, bs, hkv, d)
     q, k, v = torch.randn(qsl[-1], h, d), torch.randn(qsl[-1], hkv, d), torch.randn(qsl[-1], hkv, d)
-    want = get_backend("torch").forward(q, k, v, cache.clone(), meta, 0.125)
-    got = cpu.forward(q, k, v, cache.clone(), meta, 0.125)
+    layer = AttentionLayer(layer_idx=0, num_heads=h, num_kv_heads=hkv, head_dim=d, v_head_dim=d, scale=0.125)
+    want = get_backend("torch").forward(q, k, v, cache.clone(), meta, layer)
+    got = cpu.forward(q, k, v, cache.clone(), meta, layer)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

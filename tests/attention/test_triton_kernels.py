@@ -91,11 +91,11 @@ def test_backend_on_random_mixed_batches(seed):
     case = random_case(seed, block_size, head_dim, dtype, max_len=3 * block_size)
     expected_cache, expected = _filled(case)
     kv_cache = case.kv_cache.clone()
-    out = TritonAttentionBackend().forward(case.query, case.key, case.value, kv_cache, case.meta, case.scale)
+    out = TritonAttentionBackend().forward(case.query, case.key, case.value, kv_cache, case.meta, case.layer)
     assert torch.equal(kv_cache, expected_cache)
     torch.testing.assert_close(out, expected, **tolerance(dtype))
 
     torch_cache = case.kv_cache.clone()
     torch_out = TorchAttentionBackend().forward(case.query, case.key, case.value, torch_cache, case.meta,
-                                                case.scale)
+                                                case.layer)
     torch.testing.assert_close(out, torch_out, **tolerance(dtype))

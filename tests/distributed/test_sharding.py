@@ -96,3 +96,14 @@ def test_cpu_ranks_share_the_cores_unless_threads_were_chosen(monkeypatch):
     assert all(i.threads is not None and i.threads >= 1 for i in infos)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert node_ranks(EngineConfig(tensor_parallel_size=2), "cpu", 1)[0].threads is None
+
+
+def test_the_attention_facts_are_the_ranks_own():
+    from npu_serve.attention import hf_bridge
+    from npu_serve.attention.registry import get_backend
+
+    model = LlamaForCausalLM(LlamaConfig(**TINY))
+    plan = ShardPlan.for_config(model.config, 2)
+    layers = hf_bridge.install(model, get_backend("torch"), (plan.num_heads, plan.num_kv_heads))
+    assert {(layer.num_heads, layer.num_kv_heads, layer.head_dim) for layer in layers} == {(2, 1, 16)}
+    assert len(layers) == 2

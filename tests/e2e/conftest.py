@@ -56,7 +56,7 @@ class LiveServer:
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a loaded machine
                 pass
             if self.state.load_error:
                 raise RuntimeError(self.state.load_error)

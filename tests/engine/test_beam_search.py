@@ -212,3 +212,15 @@ def test_algorithm_equals_transformers_on_crafted_scores(tiny_llama_dir, width, 
         steps += 1
     assert [h.token_ids for h in search.finished] == want
     assert len({len(h.token_ids) for h in search.finished}) > 1 or steps == max_new
+
+
+@pytest.mark.parametrize("field,value", [("logit_bias", {5: 10.0}), ("min_tokens", 2), ("presence_penalty", 1.0),
+                                         ("frequency_penalty", -1.0), ("repetition_penalty", 1.3)])
+def test_logits_transforms_are_refused_with_beam_search(field, value):
+    """Beam search ranks by the model's raw log-probabilities; a transform it would not apply is an
+    error naming the field, not a silently different result."""
+    from npu_serve.errors import InvalidParameter
+
+    with pytest.raises(InvalidParameter) as e:
+        SamplingParams(use_beam_search=True, n=2, temperature=0.0, max_tokens=4, **{field: value})
+    assert e.value.param == field

@@ -35,7 +35,7 @@ def test_backend_matches_reference_on_npu(name, dtype, write_op):
     q_lens, seq_lens, num_decodes = CASES[name]
     case = make_case(q_lens, seq_lens, num_decodes, 8, 2, 128, 128, dtype, seed=5, device="npu")
     kv_cache = case.kv_cache.clone()
-    out = NpuAttentionBackend(write_op).forward(case.query, case.key, case.value, kv_cache, case.meta, case.scale)
+    out = NpuAttentionBackend(write_op).forward(case.query, case.key, case.value, kv_cache, case.meta, case.layer)
     torch.npu.synchronize()
 
     expected_cache = case.kv_cache.cpu()

@@ -22,3 +22,11 @@ def test_serve_enforces_the_default_key_store_once_it_exists(tmp_path, monkeypat
 def test_serve_flags_parse_with_engine_defaults():
     args = build_parser().parse_args(["serve", "--port", "9000", "--api-key", "a", "--api-key", "b"])
     assert (args.port, args.api_key, args.max_num_seqs, args.host) == (9000, ["a", "b"], 128, "127.0.0.1")
+
+
+def test_accept_unknown_fields_flag_reaches_the_server_config(tmp_path, monkeypatch):
+    from npu_serve.cli import server_config
+
+    monkeypatch.setenv("NPU_SERVE_DATA", str(tmp_path))  # no default key store here
+    assert server_config(build_parser().parse_args(["serve"])).accept_unknown_fields is False
+    assert server_config(build_parser().parse_args(["serve", "--accept-unknown-fields"])).accept_unknown_fields is True

@@ -136,3 +136,64 @@ def test_context_check_message():
     with pytest.raises(PromptTooLong):
         P.resolve_max_tokens(None, None, 100, 100, "messages")
     assert P.resolve_max_tokens(40, None, 60, 100, "messages") == 40
+
+
+def _chat(**extra) -> ChatCompletionRequest:
+    return _parse(ChatCompletionRequest, {"model": "m", "messages": MSG, **extra})
+
+
+def test_max_completion_tokens_is_chat_output_cap():
+    assert P.chat_max_tokens(_chat(max_completion_tokens=7)) == 7
+    assert P.chat_max_tokens(_chat(max_tokens=5)) == 5
+    assert P.chat_max_tokens(_chat(max_tokens=7, max_completion_tokens=7)) == 7
+    assert P.chat_max_tokens(_chat()) is None
+
+
+def test_max_completion_tokens_disagreeing_with_max_tokens_names_both():
+    with pytest.raises(InvalidParameter) as e:
+        P.check_request(_chat(max_tokens=5, max_completion_tokens=7))
+    assert e.value.param == "max_completion_tokens"
+    assert "`max_completion_tokens` (7)" in e.value.message and "`max_tokens` (5)" in e.value.message
+    with pytest.raises(InvalidParameter) as e:
+        P.check_request(_chat(max_completion_tokens=0))
+    assert e.value.param == "max_completion_tokens"
+
+
+def test_max_completion_tokens_is_not_a_completions_field():
+    with pytest.raises(APIError) as e:
+        _parse(CompletionRequest, {"model": "m", "prompt": "x", "max_completion_tokens": 3})
+    assert e.value.param == "max_completion_tokens" and "extra_forbidden" in e.value.message
+
+
+@pytest.mark.parametrize("extra,param", [
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),  # OpenAI's default is "auto"
+    ({"continue_final_message": True}, "continue_final_message"),  # add_generation_prompt defaults to true
+])
+def test_chat_rules_name_the_field(extra, param):
+    with pytest.raises(InvalidParameter) as e:
+        P.check_request(_chat(**extra))
+    assert e.value.param == param
+
+
+def test_add_special_tokens_reaches_the_tokenizer(tokenizer_dir):
+    """Our tiny models' tokenizer adds no BOS, so a live server cannot show the field's effect; a
+    copy of that real tokenizer with a BOS post-processor can, through the handlers' own prompt
+    builders."""
+    from types import SimpleNamespace
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    from npu_serve.server import chat, completions
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A",
+                                                              special_tokens=[("<|im_start|>", 1)])
+    state = SimpleNamespace(engine=SimpleNamespace(tokenizer=tok), config=ServerConfig())
+    plain = completions.build_prompt(state, _parse(CompletionRequest, {"model": "m", "prompt": "hi",
+                                                                       "add_special_tokens": False}))[1]
+    assert completions.build_prompt(state, _parse(CompletionRequest, {"model": "m", "prompt": "hi"}))[1] == [1] + plain
+    chat_plain = chat.build_prompt(state, _chat())[1]  # chat's default is false: the template adds its own
+    assert chat.build_prompt(state, _chat(add_special_tokens=True))[1] == [1] + chat_plain
