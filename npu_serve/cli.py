@@ -37,6 +37,8 @@ def _add_serve_parser(subparsers) -> None:
     sec.add_argument("--moderation-words", default=None, metavar="FILE", help="one sensitive term per line")
     sec.add_argument("--no-moderation", action="store_true", help="turn content moderation off")
     sec.add_argument("--moderation-hook", default=None, metavar="MODULE:FUNCTION")
+    p.add_argument("--graceful-shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, stop accepting requests and give running ones this long to finish")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_serve)
 
@@ -81,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = build_app(engine_factory, config, on_fatal=on_fatal)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=5))
+                                           timeout_graceful_shutdown=args.graceful_shutdown_timeout))
     print(f"npu-serve: listening on http://{args.host}:{args.port} (GET /health turns 200 once the model is ready)",
           flush=True)
     server.run()

@@ -51,9 +51,11 @@ class EngineConfig:
     enable_prefix_caching: bool = option(True, "turn off prefix caching (reuse of KV blocks of shared prompt prefixes)",
                                          flag="--no-prefix-caching")
     # KV cache budget when num_kv_blocks is not given: on CPU a fixed share of available RAM, capped;
-    # on accelerators this fraction of the memory left after loading the weights and a profile pass.
-    kv_cache_memory_fraction: float = option(0.9, "share of the accelerator memory left after loading that the "
-                                             "KV cache may take")
+    # on accelerators the cache grows until the process uses this fraction of the device's total memory,
+    # counting the weights and the peak of a profiling forward at max_num_batched_tokens (as vLLM's
+    # gpu_memory_utilization; worker/memory_profile.py).
+    kv_cache_memory_fraction: float = option(0.9, "share of each accelerator's total memory the process may use, "
+                                             "weights and a profiling forward included; the KV cache gets the rest")
     cpu_kv_cache_max_bytes: int = option(4 << 30, "cap of the KV cache on CPU, in bytes (all ranks together)")
     seed: int = option(0, "seed of the global random generator (unseeded sampling)")
     attention_backend: str | None = option(None, "attention backend (default: the device's; the "

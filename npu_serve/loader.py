@@ -23,8 +23,9 @@ def load_engine(config: EngineConfig) -> tuple[EngineCore, EngineFacts, object]:
 
         return start_tensor_parallel(config)
     from npu_serve.device import resolve_dtype, resolve_platform
+
+    platform = resolve_platform(config.device)  # first: NPU probes and refusals; then transformers may load
     from npu_serve.worker.builder import build_rank, make_engine_core
 
-    platform = resolve_platform(config.device)
     built = build_rank(config, platform, resolve_dtype(config.dtype, platform))
     return make_engine_core(config, built, built.runner)

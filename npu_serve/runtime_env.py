@@ -5,6 +5,12 @@ spin-wait makes decode up to 50x slower when another process (a client, a test r
 event loop on the same cores) holds a core, so we default to PASSIVE: about 30% slower on an idle
 box, never pathological on a shared one. `NPU_SERVE_OMP_WAIT_POLICY=ACTIVE` opts back in.
 
+torch >= 2.5 also imports every installed device extension at `import torch` (its "torch.backends"
+entry points): torch_npu registers one, so a box with a broken CANN fails `import torch` itself, before
+any guard of ours, even for `--device cpu`. `TORCH_DEVICE_BACKEND_AUTOLOAD=0` (unless the user set it)
+turns that off; npu_serve.device.npu imports torch_npu itself when the NPU is asked for (vllm-ascend's
+unit tests run with the same setting).
+
 This module must not import torch. `npu_serve/__init__.py` calls `apply()` first thing; the CLI
 calls it again with its flags before anything imports torch.
 """
@@ -26,6 +32,7 @@ def apply(threads: int | None = None, wait_policy: str | None = None) -> None:
     if n is not None:
         os.environ["OMP_NUM_THREADS"] = str(n)
         os.environ["MKL_NUM_THREADS"] = str(n)
+    os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")
     # Tokenizers' own thread pool fights OpenMP for the same 2 cores and warns after fork.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Never let transformers try to reach a model hub: models come from local paths only.

@@ -89,6 +89,11 @@ class AttentionBackend(ABC):
 
     name: str = "abstract"
 
+    def configure(self, block_size: int, dtype: torch.dtype) -> None:
+        """Told once at engine build, before `unsupported` is asked about any layer: the KV block size
+        and the model's dtype. Backends whose ops limit either (Ascend's) keep them to check layers
+        against; the default needs neither."""
+
     def unsupported(self, layer: AttentionLayer) -> str | None:
         """None when this backend computes `layer` exactly; else one sentence naming what it cannot do.
 

@@ -2,6 +2,12 @@
 
 "auto" picks npu, then cuda, then cpu, skipping (silently) any that is not usable here. Naming a
 device explicitly raises DeviceUnavailable with the reason when it cannot be used.
+
+A process that resolves to a CPU or CUDA platform keeps torch_npu out for good (`keep_torch_npu_out`):
+transformers imports an installed torch_npu on its own (`is_torch_npu_available`, reached by
+`from transformers import AttentionInterface`), so a broken CANN would crash a `--device cpu` engine
+and a working one would patch torch for nothing. So the engine builder resolves the platform before
+anything imports transformers.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import torch
 from npu_serve.device.base import Platform
 from npu_serve.device.cpu import CpuPlatform
 from npu_serve.device.cuda import CudaPlatform
-from npu_serve.device.npu import NpuPlatform
+from npu_serve.device.npu import NpuPlatform, keep_torch_npu_out
 from npu_serve.errors import DeviceUnavailable, InvalidParameter
 
 __all__ = ["Platform", "CpuPlatform", "CudaPlatform", "NpuPlatform", "resolve_platform", "resolve_dtype"]
@@ -27,6 +33,13 @@ _DTYPES = {
 
 
 def resolve_platform(device: str = "auto") -> Platform:
+    platform = _resolve(device)
+    if platform.name != "npu":
+        keep_torch_npu_out()
+    return platform
+
+
+def _resolve(device: str) -> Platform:
     name, _, index_text = device.strip().lower().partition(":")
     if name == "auto" and not index_text:
         for candidate in _AUTO_ORDER:

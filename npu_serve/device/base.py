@@ -19,6 +19,9 @@ class Platform(ABC):
     attention_backend: ClassVar[str]  # name of the attention backend that suits this device
     # KV cache block size. 16 keeps padding waste small; npu overrides it (see npu.py).
     default_block_size: ClassVar[int] = 16
+    # Accelerators size the KV cache from a profiling forward (worker/memory_profile.py); the CPU takes a
+    # share of free RAM instead.
+    profiles_memory: ClassVar[bool] = True
     # torch.distributed backend of the model's collectives under tensor parallelism.
     dist_backend: ClassVar[str] = "gloo"
     # The variable that chooses which devices this process sees (None: every process sees the host).
@@ -57,6 +60,21 @@ class Platform(ABC):
 
     def empty_cache(self) -> None:
         """Return cached allocator blocks to the device, so mem_get_info sees them as free."""
+
+    def warm_up(self) -> None:
+        """Called once the model passed its checks, before weights load: load lazy runtimes now (Ascend's
+        ATB), so their failures surface at start and not in the first forward."""
+
+    def reset_peak_memory_stats(self) -> None:
+        """Start a new peak for `peak_memory_allocated` (memory profiling)."""
+
+    def peak_memory_allocated(self) -> int:
+        """The most bytes the allocator held since `reset_peak_memory_stats`."""
+        return 0
+
+    def memory_allocated(self) -> int:
+        """Bytes the allocator holds for live tensors now."""
+        return 0
 
     def manual_seed_all(self, seed: int) -> None:
         torch.manual_seed(seed)

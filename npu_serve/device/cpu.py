@@ -23,6 +23,7 @@ class CpuPlatform(Platform):
     name = "cpu"
     attention_backend = "cpu"
     default_block_size = 16
+    profiles_memory = False
 
     @classmethod
     def is_available(cls) -> bool:

@@ -36,6 +36,15 @@ class CudaPlatform(Platform):
     def empty_cache(self) -> None:
         torch.cuda.empty_cache()
 
+    def reset_peak_memory_stats(self) -> None:
+        torch.cuda.reset_peak_memory_stats(self.torch_device)
+
+    def peak_memory_allocated(self) -> int:
+        return int(torch.cuda.max_memory_allocated(self.torch_device))
+
+    def memory_allocated(self) -> int:
+        return int(torch.cuda.memory_allocated(self.torch_device))
+
     def manual_seed_all(self, seed: int) -> None:
         torch.manual_seed(seed)
         torch.cuda.manual_seed_all(seed)

@@ -136,6 +136,8 @@ class TensorParallelExecutor:
 
     def _explain(self, what: str) -> str:
         """`what`, with the exit codes of dead spawned ranks and the reasons ranks left in the store."""
+        for p in self.workers:
+            p.join(0.2)  # a rank that is dying (its sockets closed first) has an exit code in a moment
         details = [f"rank {rank_of(p)} (pid {p.pid}) exited with code {p.exitcode}"
                    for p in self.workers if p.exitcode is not None]
         details += [f"rank {r}: {msg}" for r, msg in self.group.errors().items()]
@@ -158,21 +160,22 @@ class TensorParallelExecutor:
 def start_tensor_parallel(config: EngineConfig) -> tuple[EngineCore, EngineFacts, object]:
     """Start this node's ranks and build rank 0's engine; see the module docstring."""
     import torch.distributed as dist
-    from transformers import AutoConfig
 
     from npu_serve.device import resolve_dtype, resolve_platform
     from npu_serve.models import resolve_model
-    from npu_serve.worker.builder import build_rank, make_engine_core
 
     if dist.is_initialized():
         raise InvalidParameter("tensor_parallel_size", "this process already belongs to a tensor-parallel engine; "
                                "shut that one down first (LLM.shutdown(), AsyncEngine.shutdown())")
-    resolved = resolve_model(config.model)  # converts a GGUF once, before any rank reads it
-    shard = ShardPlan.for_config(AutoConfig.from_pretrained(resolved.path), config.tensor_parallel_size)
-    device_type = resolve_platform(config.device).name
+    device_type = resolve_platform(config.device).name  # first: NPU probes and refusals; then transformers
+    from npu_serve.worker.builder import build_rank, make_engine_core
+    from npu_serve.worker.preflight import load_config
+
     _check_accelerator(device_type)
-    infos = node_ranks(config, device_type, resolve_master_port(config))
     platform = platform_for_rank(device_type, 0, config.nproc_per_node)
+    resolved = resolve_model(config.model)  # converts a GGUF once, before any rank reads it
+    shard = ShardPlan.for_config(load_config(resolved.path), config.tensor_parallel_size)
+    infos = node_ranks(config, device_type, resolve_master_port(config))
     dtype = resolve_dtype(config.dtype, platform)
     saved_threads = torch.get_num_threads()
     if infos[0].threads is not None:

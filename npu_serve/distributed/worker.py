@@ -41,9 +41,10 @@ def run_worker(info: RankInfo) -> int:
     group: RankGroup | None = None
     try:
         from npu_serve.device import resolve_dtype
-        from npu_serve.worker.builder import build_rank
 
         platform = platform_for_rank(info.device_type, info.local_rank, info.nproc_per_node)
+        from npu_serve.worker.builder import build_rank  # transformers only after the platform (device/__init__)
+
         group = join(info, platform)
         spec = group.recv()
         if not isinstance(spec, WorkerSpec):

@@ -13,6 +13,7 @@ import torch
 
 from npu_serve.device import CpuPlatform, CudaPlatform, NpuPlatform, resolve_dtype, resolve_platform
 from npu_serve.device import cpu as cpu_module
+from npu_serve.device import npu as npu_module
 from npu_serve.device.npu import import_torch_npu
 from npu_serve.errors import DeviceUnavailable, InvalidParameter
 
@@ -21,8 +22,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "npu_serve"
 
 @pytest.fixture
 def no_torch_npu(monkeypatch):
-    """Make `import torch_npu` fail as it does where torch-npu is not installed."""
+    """Make `import torch_npu` fail as it does where torch-npu is not installed (and forget that an earlier
+    test's CPU engine kept torch_npu out of this process, which fails the import the same way)."""
     monkeypatch.setitem(sys.modules, "torch_npu", None)
+    monkeypatch.setattr(npu_module, "_kept_out", False)
 
 
 @pytest.fixture
@@ -80,6 +83,19 @@ def test_torch_npu_is_imported_in_exactly_one_place():
     pattern = re.compile(r"^\s*(import torch_npu|from torch_npu)|import_module\(\s*[\"']torch_npu", re.M)
     offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == ["device/npu.py"]
+
+
+def test_a_cpu_engine_keeps_torch_npu_out(monkeypatch):
+    """transformers imports an installed torch_npu by itself; once the platform is CPU nobody may."""
+    monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
+    monkeypatch.setattr(npu_module, "_kept_out", False)
+    assert resolve_platform("cpu").name == "cpu"
+    assert sys.modules["torch_npu"] is None
+    import importlib.util
+
+    assert importlib.util.find_spec("torch_npu") is None
+    with pytest.raises(DeviceUnavailable, match="already runs a CPU/CUDA engine"):
+        import_torch_npu()
 
 
 def test_importing_the_package_does_not_import_torch_npu(tmp_path):
