@@ -4,6 +4,15 @@ Message-shaped boundary: requests go in through a thread-safe inbox (add / abort
 through one small mailbox per request. A mailbox holds only the latest cumulative snapshot (as
 vLLM's RequestOutputCollector merges deltas), so a slow client gets coarser updates, never an
 unbounded queue. The loop never blocks on the HTTP side; it sleeps only when it has no work.
+
+It implements `EngineClient` (engine/client.py), the one thing the server depends on. Its single
+link to the torch side is `npu_serve.loader.load_engine`, called at construction; the engine package
+itself imports neither torch nor npu_serve.worker.
+
+Death: when the loop breaks, or the executor reports its workers gone (a tensor-parallel rank died
+or a collective timed out, reported from the executor's own watch thread even while the loop is
+stuck inside a step), every waiting request gets EngineDeadError, `is_healthy` turns False and
+`dead_reason` says why; the server then answers 503 and exits.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import threading
 import uuid
 from typing import AsyncIterator
 
-from npu_serve.config import EngineConfig
+from npu_serve.config import EngineConfig, EngineFacts, engine_options
+from npu_serve.engine.client import EngineStats
+from npu_serve.engine.engine_core import EngineCore
 from npu_serve.errors import EngineDeadError, InvalidParameter
 from npu_serve.outputs import RequestOutput
 from npu_serve.sampling_params import SamplingParams
@@ -43,40 +54,61 @@ class _Mailbox:
         return item
 
 
+@engine_options
 class AsyncEngine:
-    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
-                 max_model_len: int | None = None, max_num_seqs: int = 128, max_num_batched_tokens: int = 2048,
-                 block_size: int | None = None, num_kv_blocks: int | None = None,
-                 enable_prefix_caching: bool = True, seed: int = 0):
-        from npu_serve.worker.builder import build_engine_core  # torch loads here, not at import
+    def __init__(self, model: str | None = None, **engine_kwargs):
+        """Load the model and start the engine loop on its own thread."""
+        self._start(EngineConfig.from_kwargs("AsyncEngine", model=model, **engine_kwargs))
 
-        self.config = EngineConfig(model, device, dtype, max_model_len, max_num_seqs, max_num_batched_tokens,
-                                   block_size, num_kv_blocks, enable_prefix_caching, seed=seed)
-        self.core, self.facts, self.tokenizer = build_engine_core(self.config)
-        self.model_name = self.facts.model_name
-        self.max_model_len = self.facts.max_model_len
-        self.eos_token_ids = self.facts.eos_token_ids
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+        engine = cls.__new__(cls)
+        engine._start(config)
+        return engine
+
+    def _start(self, config: EngineConfig) -> None:
+        from npu_serve.loader import load_engine  # torch loads here, not at import
+
+        self.config = config
+        core, facts, tokenizer = load_engine(config)
+        self.core: EngineCore = core
+        self.facts: EngineFacts = facts
+        self.tokenizer = tokenizer
+        self.model_name = facts.model_name
+        self.max_model_len = facts.max_model_len
+        self.eos_token_ids = facts.eos_token_ids
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._lock = threading.Lock()
         self._stopping = False
         self.dead_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="npu-serve-engine", daemon=True)
+        core.executor.watch(self._on_executor_dead)
         self._thread.start()
 
-    # -- public API ---------------------------------------------------------------------------------
+    # -- public API (EngineClient) ------------------------------------------------------------------
     @property
     def is_healthy(self) -> bool:
         return self.dead_error is None and self._thread.is_alive()
 
+    @property
+    def dead_reason(self) -> str | None:
+        if self.dead_error is not None:
+            return str(self.dead_error)
+        return None if self._thread.is_alive() else "the engine loop has stopped"
+
+    def stats(self) -> EngineStats:
+        return self.core.stats(self.facts.tensor_parallel_size)
+
     def kv_cache_usage(self) -> tuple[int, int]:
+        """(blocks in use, usable blocks): a shortcut to stats()."""
         kv = self.core.scheduler.kv
         return kv.num_used_blocks(), kv.pool.num_usable_blocks
 
     async def generate(self, prompt: str | list[int], sampling_params: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         if not self.is_healthy:
-            raise EngineDeadError(f"the engine loop is not running: {self.dead_error!r}")
+            raise EngineDeadError(f"the engine is not running: {self.dead_reason}")
         request_id = request_id or uuid.uuid4().hex
         parent = self.core.make_parent(request_id, prompt, sampling_params)
         box = _Mailbox(asyncio.get_running_loop())
@@ -88,7 +120,7 @@ class AsyncEngine:
         if self.dead_error is not None:  # died between the health check and registering the mailbox
             with self._lock:
                 self._mailboxes.pop(request_id, None)
-            raise EngineDeadError(f"the engine loop is not running: {self.dead_error!r}")
+            raise EngineDeadError(f"the engine is not running: {self.dead_reason}")
         finished = False
         try:
             while not finished:
@@ -107,7 +139,9 @@ class AsyncEngine:
     async def shutdown(self) -> None:
         self._stopping = True
         self._inbox.put(("stop", None))
-        await asyncio.to_thread(self._thread.join, 30)
+        # A dead engine's thread may be stuck in a step that will never finish: do not wait long for it.
+        await asyncio.to_thread(self._thread.join, 30 if self.dead_error is None else 2)
+        await asyncio.to_thread(self.core.executor.shutdown)
 
     # -- the loop (engine thread) -------------------------------------------------------------------
     def _run(self) -> None:
@@ -121,17 +155,25 @@ class AsyncEngine:
                     self._publish(core.step())
         except BaseException as exc:  # the loop itself broke: nothing can make progress any more
             logger.exception("engine loop died")
-            self._fail_all(exc, f"engine loop died: {exc!r}")
+            self._fail_all(exc if isinstance(exc, EngineDeadError) else EngineDeadError(f"engine loop died: {exc!r}"))
+            core.executor.shutdown()
         else:  # shut down: whoever still waits gets an answer instead of hanging
-            self._fail_all(EngineDeadError("the engine was shut down"), "the engine was shut down")
+            self._fail_all(EngineDeadError("the engine was shut down"))
 
-    def _fail_all(self, cause: BaseException, message: str) -> None:
-        self.dead_error = cause  # before the snapshot below: generate() re-checks it after registering
+    def _on_executor_dead(self, reason: str) -> None:  # any thread
+        logger.error("the engine's workers are gone: %s", reason)
+        self._fail_all(EngineDeadError(reason))
+        self._stopping = True
+        self._inbox.put(("stop", None))
+
+    def _fail_all(self, cause: EngineDeadError) -> None:
+        if self.dead_error is None:  # the first cause wins: a later "shut down" does not hide it
+            self.dead_error = cause  # before the snapshot below: generate() re-checks it after registering
         with self._lock:
             boxes = list(self._mailboxes.values())
         for box in boxes:
             try:
-                box.loop.call_soon_threadsafe(box.put, EngineDeadError(message))
+                box.loop.call_soon_threadsafe(box.put, EngineDeadError(str(self.dead_error)))
             except RuntimeError:  # that event loop is closed already
                 pass
 
