@@ -12,26 +12,23 @@ import sys
 
 
 def _add_serve_parser(subparsers) -> None:
+    from npu_serve.config import add_cli_arguments
+
     p = subparsers.add_parser("serve", help="serve a model over the MaaS / OpenAI-compatible HTTP API")
-    p.add_argument("--model", default=None, help="HF model directory or .gguf file (default: SmolLM2-135M-Instruct)")
+    add_cli_arguments(p.add_argument_group("engine (npu_serve.config.EngineConfig; the same names as LLM(...) "
+                                           "and AsyncEngine(...) take)"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", default=None, help="the name clients send as `model`")
-    p.add_argument("--device", default="auto", help="auto | npu | cuda | cpu")
-    p.add_argument("--dtype", default="auto", help="auto | float32 | float16 | bfloat16")
-    p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--chat-template", default=None, metavar="FILE", help="a Jinja chat template file to use instead of the model's")
     p.add_argument("--reasoning-parser", choices=["deepseek_r1", "qwen3"], default=None,
                    help="split <think>...</think> output into reasoning_content")
     p.add_argument("--accept-unknown-fields", action="store_true",
                    help="request fields in no row of docs/api-fields.md are dropped with a warning (as current vLLM "
                         "does) instead of answering 400 (vLLM 0.6.0, the 909 contract)")
-    p.add_argument("--max-num-seqs", type=int, default=128)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--block-size", type=int, default=None)
-    p.add_argument("--num-kv-blocks", type=int, default=None)
-    p.add_argument("--no-prefix-caching", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="OpenMP threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OpenMP threads (default: torch's choice; with tensor parallelism on CPU, the cores "
+                        "divided among the node's ranks)")
     p.add_argument("--omp-wait-policy", choices=["PASSIVE", "ACTIVE"], default=None)
     sec = p.add_argument_group("API keys and moderation")
     sec.add_argument("--keys-db", default=None, metavar="PATH",
@@ -62,15 +59,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _seconds_or_auto(text: str) -> float | str:
-    if text.lower() == "auto":
-        return "auto"
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 seconds (0: off) or auto, got {text}")
-    return value
-
-
 def _add_operations_flags(p: argparse.ArgumentParser) -> None:
     """Server-side settings (ServerConfig), hand-written; engine flags come from the engine's config."""
     from npu_serve.server.caps import RequestCaps
@@ -97,9 +85,6 @@ def _add_operations_flags(p: argparse.ArgumentParser) -> None:
                      default=d.shutdown_timeout_s, metavar="SECONDS",
                      help="on SIGTERM/SIGINT, running requests get this long before they end with finish_reason "
                           f"abort (default {d.shutdown_timeout_s:g}); a second signal stops at once")
-    ops.add_argument("--step-timeout", type=_seconds_or_auto, default="auto", metavar="SECONDS",
-                     help="an engine step running longer turns /health 503 and fails waiting requests with 503 "
-                          "(0: off; default auto: off on CPU, 120 s on NPU/CUDA)")
     ops.add_argument("--metrics-require-key", action="store_true", help="/metrics needs an API key (default: open)")
     ops.add_argument("--log-requests", action="store_true",
                      help="log prompt and output text of every request (never API keys)")
@@ -112,19 +97,31 @@ def _serve(args: argparse.Namespace) -> int:
 
     runtime_env.apply(args.threads, args.omp_wait_policy)  # before anything imports torch
 
+    from npu_serve.config import EngineConfig
+    from npu_serve.errors import InvalidParameter
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        engine_config = EngineConfig.from_cli(args)
+    except InvalidParameter as e:
+        print(f"npu-serve serve: error: {e}", file=sys.stderr)
+        return 2
+    if engine_config.node_rank > 0:  # a compute-only node of a multi-node tensor-parallel engine: no HTTP
+        from npu_serve.distributed.node import serve_node
+
+        return serve_node(engine_config)
+
+    import uvicorn
+
     from npu_serve.server.app import build_app
     from npu_serve.server.signals import DrainingServer
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = server_config(args)
 
     def engine_factory():
         from npu_serve import AsyncEngine
 
-        return AsyncEngine(model=args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len,
-                           max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                           block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
-                           enable_prefix_caching=not args.no_prefix_caching, step_timeout=args.step_timeout)
+        return AsyncEngine.from_config(engine_config)
 
     fatal: list[str] = []
     server: DrainingServer | None = None
@@ -141,7 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
           "ready)", flush=True)
     server.run()
     if fatal:
-        print(f"npu-serve: the model failed to load: {fatal[0]}", file=sys.stderr)
+        print(f"npu-serve: {fatal[0]}", file=sys.stderr)
         return 1
     if server.forced:
         print("npu-serve: stopped by a second signal before the drain finished", file=sys.stderr)

@@ -42,11 +42,16 @@ class DeviceUnavailable(NpuServeError):
 
 class UnsupportedModel(NpuServeError):
     """The model uses something npu-serve does not compute exactly (an attention feature a backend
-    lacks, a layer type, a keyword transformers passes that we do not implement). Raised while the
-    engine is built, before any request is served."""
+    lacks, a layer type, a keyword transformers passes that we do not implement), or cannot be split
+    as asked (tensor parallelism). Raised while the engine is built, before any request is served."""
 
 
 class RequestFailed(NpuServeError):
     """Every request of an offline `LLM.generate()` call failed inside the engine (a device fault,
     a model the backend mishandles); the message is the engine's error. Where only some failed,
     generate() returns their outputs with finish_reason "error" and `error` set instead."""
+
+
+class DistributedError(EngineDeadError):
+    """A tensor-parallel rank died, failed, or a collective timed out: the ranks can no longer run
+    steps together, so the engine stops (and the server exits non-zero for a restart)."""

@@ -1,28 +1,54 @@
 """LLM: the offline API (vLLM's names). Runs the engine loop on the caller's thread until every
 prompt is done, and returns one RequestOutput per prompt, in order; raises RequestFailed when every
-one of them failed inside the engine."""
+one of them failed inside the engine.
+
+With tensor_parallel_size > 1 the other ranks run in spawned processes until `shutdown()` (or the
+`with` block ends); a script that builds one must guard its entry point with
+`if __name__ == "__main__":`, as every spawn-based program must.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from npu_serve.config import EngineConfig
+from npu_serve.config import EngineConfig, engine_options
+from npu_serve.engine.client import EngineStats
 from npu_serve.errors import RequestFailed
 from npu_serve.outputs import RequestOutput
 from npu_serve.sampling_params import SamplingParams
 
 
+@engine_options
 class LLM:
-    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
-                 max_model_len: int | None = None, max_num_seqs: int = 128, max_num_batched_tokens: int = 2048,
-                 block_size: int | None = None, num_kv_blocks: int | None = None,
-                 enable_prefix_caching: bool = True, seed: int = 0):
-        from npu_serve.worker.builder import build_engine_core
+    def __init__(self, model: str | None = None, **engine_kwargs):
+        """Load the model (`model`: an HF directory, a .gguf file, or None for the default)."""
+        self._start(EngineConfig.from_kwargs("LLM", model=model, **engine_kwargs))
 
-        self.config = EngineConfig(model, device, dtype, max_model_len, max_num_seqs, max_num_batched_tokens,
-                                   block_size, num_kv_blocks, enable_prefix_caching, seed=seed)
-        self.engine, self.facts, self.tokenizer = build_engine_core(self.config)
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLM:
+        llm = cls.__new__(cls)
+        llm._start(config)
+        return llm
+
+    def _start(self, config: EngineConfig) -> None:
+        from npu_serve.loader import load_engine
+
+        self.config = config
+        self.engine, self.facts, self.tokenizer = load_engine(config)
         self._counter = 0
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats(self.facts.tensor_parallel_size)
+
+    def shutdown(self) -> None:
+        """Stop the other tensor-parallel ranks (nothing to do on one device). Idempotent."""
+        self.engine.executor.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
 
     def generate(self, prompts: str | list[int] | Sequence[str | list[int]],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:

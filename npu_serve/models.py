@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     import torch
 
     from npu_serve.device.base import Platform
+    from npu_serve.distributed.sharding import ShardPlan
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +122,24 @@ def gguf_cache_dir(gguf: Path) -> Path:
     return cache_dir() / "models" / f"{gguf.stem}-{key}"
 
 
-def load_model(resolved: ResolvedModel, platform: Platform, dtype: torch.dtype) -> LoadedModel:
+def load_model(resolved: ResolvedModel, platform: Platform, dtype: torch.dtype,
+               shard: ShardPlan | None = None, rank: int = 0) -> LoadedModel:
     """Load weights in `dtype` onto the platform's device, ready for inference.
 
+    With a ShardPlan over several ranks (the process group already joined), this rank loads only its
+    shard: transformers' tensor-parallel plan places it on the rank's device, then `shard.finish`.
     The attention implementation is left as transformers chooses; the model runner installs ours.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype)
-    model = model.to(platform.torch_device).eval().requires_grad_(False)
+    if shard is not None and shard.tp_size > 1:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype,
+                                                     distributed_config=shard.distributed_config())
+        shard.finish(model, rank)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=dtype).to(platform.torch_device)
+    model = model.eval().requires_grad_(False)
     config = model.config
     eos: set[int] = set()
     gen_eos = getattr(model.generation_config, "eos_token_id", None)

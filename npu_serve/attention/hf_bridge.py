@@ -22,6 +22,8 @@ and `scaling`, and both consult AttentionMaskInterface by the same name.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
@@ -42,12 +44,17 @@ def dry_run_check(model: torch.nn.Module, with_masks: bool = True) -> CallCheck:
     return CallCheck(model_label(model.config), max_len_of(model.config), with_masks)
 
 
-def install(model: torch.nn.Module, backend: AttentionBackend) -> list[AttentionLayer]:
+def install(model: torch.nn.Module, backend: AttentionBackend,
+            heads: tuple[int, int] | None = None) -> list[AttentionLayer]:
     """Route every attention layer of `model` through `backend`; returns the layers' facts.
 
+    `heads` = (query heads, KV heads) of this rank when the model is split over tensor-parallel ranks
+    (distributed/sharding.py): the facts, and the dry run's check of the tensors, are per rank.
     Raises UnsupportedModel when the backend cannot compute some layer exactly.
     """
     layers = attention_layers(model)
+    if heads is not None:
+        layers = [replace(layer, num_heads=heads[0], num_kv_heads=heads[1]) for layer in layers]
     label = model_label(model.config)
     for layer in layers:
         reason = backend.unsupported(layer)

@@ -8,8 +8,10 @@ triton or torch_npu, and a machine without them can still list and use the other
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
-from npu_serve.attention.backend import AttentionBackend
+if TYPE_CHECKING:  # this module stays torch-free, so the config can list the names
+    from npu_serve.attention.backend import AttentionBackend
 
 # name -> (module, class)
 _BACKENDS: dict[str, tuple[str, str]] = {

@@ -22,6 +22,10 @@ class Platform(ABC):
     # Accelerators size the KV cache from a profiling forward (worker/memory_profile.py); the CPU takes a
     # share of free RAM instead.
     profiles_memory: ClassVar[bool] = True
+    # torch.distributed backend of the model's collectives under tensor parallelism.
+    dist_backend: ClassVar[str] = "gloo"
+    # The variable that chooses which devices this process sees (None: every process sees the host).
+    visible_devices_env: ClassVar[str | None] = None
 
     def __init__(self, index: int | None = None):
         self.index = index
@@ -38,6 +42,14 @@ class Platform(ABC):
     def default_dtype(self) -> torch.dtype:
         """The dtype `--dtype auto` means here. Accelerators: bfloat16 (native, half the memory)."""
         return torch.bfloat16
+
+    def device_count(self) -> int:
+        """Devices this process can see (1 for the host)."""
+        return 1
+
+    def set_device(self) -> None:
+        """Make this platform's device the process's current one. Tensor-parallel ranks call it before
+        init_process_group, as HCCL and NCCL bind a communicator to the current device."""
 
     def synchronize(self) -> None:
         """Wait for every queued kernel on this device (timing, memory profiling)."""

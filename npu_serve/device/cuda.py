@@ -11,6 +11,8 @@ class CudaPlatform(Platform):
     name = "cuda"
     attention_backend = "triton"
     default_block_size = 16
+    dist_backend = "nccl"
+    visible_devices_env = "CUDA_VISIBLE_DEVICES"
 
     def __init__(self, index: int | None = None):
         super().__init__(0 if index is None else index)
@@ -18,6 +20,12 @@ class CudaPlatform(Platform):
     @classmethod
     def is_available(cls) -> bool:
         return torch.cuda.is_available()
+
+    def device_count(self) -> int:
+        return torch.cuda.device_count()
+
+    def set_device(self) -> None:
+        torch.cuda.set_device(self.torch_device)
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.torch_device)

@@ -107,6 +107,9 @@ class NpuPlatform(Platform):
     # (op-plugin 26.0.0 docs, npu_fused_infer_attention_score, page attention constraints), and
     # vllm-ascend's backend supports 128 only (`get_supported_block_size`).
     default_block_size = 128
+    # HCCL, registered with torch.distributed by torch_npu (imported in __init__ above).
+    dist_backend = "hccl"
+    visible_devices_env = "ASCEND_RT_VISIBLE_DEVICES"
 
     def __init__(self, index: int | None = None):
         global _current_caps
@@ -142,6 +145,14 @@ class NpuPlatform(Platform):
         except RuntimeError as e:  # torch.npu.is_available() itself failing (driver trouble)
             logger.warning("skipping npu: %s", e)
             return False
+
+    def device_count(self) -> int:
+        return torch.npu.device_count()
+
+    def set_device(self) -> None:
+        # __init__ set it already; a tensor-parallel rank sets it again right before it joins HCCL
+        # (vllm_ascend/worker/worker.py `_init_device`; ascend-notes.md, "For tensor parallel on Ascend").
+        torch.npu.set_device(self.torch_device)
 
     def warm_up(self) -> None:
         """One ATB matmul when this stack's ops use ATB (vllm-ascend `_warm_up_atb`: without it "the first

@@ -4,19 +4,30 @@ Message-shaped boundary: requests go in through a thread-safe inbox (add / abort
 through one small mailbox per request. A mailbox holds only the latest cumulative snapshot (as
 vLLM's RequestOutputCollector merges deltas), so a slow client gets coarser updates, never an
 unbounded queue. The loop never blocks on the HTTP side; it sleeps only when it has no work.
+
+It implements `EngineClient` (engine/client.py), the one thing the server depends on. Its single
+link to the torch side is `npu_serve.loader.load_engine`, called at construction; the engine package
+itself imports neither torch nor npu_serve.worker.
+
+Death: when the loop breaks, or the executor reports its workers gone (a tensor-parallel rank died
+or a collective timed out, reported from the executor's own watch thread even while the loop is
+stuck inside a step), every waiting request gets EngineDeadError, `is_healthy` turns False and
+`dead_reason` says why; the server then answers 503 and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
 import uuid
 from typing import AsyncIterator
 
-from npu_serve.config import EngineConfig
+from npu_serve.config import EngineConfig, EngineFacts, engine_options
 from npu_serve.engine.client import EngineStats
+from npu_serve.engine.engine_core import EngineCore
 from npu_serve.engine.watchdog import StepWatchdog, resolve_step_timeout
 from npu_serve.errors import EngineDeadError, InvalidParameter
 from npu_serve.outputs import RequestOutput
@@ -45,33 +56,43 @@ class _Mailbox:
         return item
 
 
+@engine_options
 class AsyncEngine:
-    def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
-                 max_model_len: int | None = None, max_num_seqs: int = 128, max_num_batched_tokens: int = 2048,
-                 block_size: int | None = None, num_kv_blocks: int | None = None,
-                 enable_prefix_caching: bool = True, seed: int = 0, step_timeout: float | str | None = "auto"):
-        from npu_serve.worker.builder import build_engine_core  # torch loads here, not at import
+    def __init__(self, model: str | None = None, **engine_kwargs):
+        """Load the model and start the engine loop on its own thread."""
+        self._start(EngineConfig.from_kwargs("AsyncEngine", model=model, **engine_kwargs))
 
-        self.config = EngineConfig(model, device, dtype, max_model_len, max_num_seqs, max_num_batched_tokens,
-                                   block_size, num_kv_blocks, enable_prefix_caching, seed=seed)
-        self.core, self.facts, self.tokenizer = build_engine_core(self.config)
-        self.model_name = self.facts.model_name
-        self.max_model_len = self.facts.max_model_len
-        self.eos_token_ids = self.facts.eos_token_ids
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> AsyncEngine:
+        engine = cls.__new__(cls)
+        engine._start(config)
+        return engine
+
+    def _start(self, config: EngineConfig) -> None:
+        from npu_serve.loader import load_engine  # torch loads here, not at import
+
+        self.config = config
+        core, facts, tokenizer = load_engine(config)
+        self.core: EngineCore = core
+        self.facts: EngineFacts = facts
+        self.tokenizer = tokenizer
+        self.model_name = facts.model_name
+        self.max_model_len = facts.max_model_len
+        self.eos_token_ids = facts.eos_token_ids
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._lock = threading.Lock()
         self._stopping = False
         self.dead_error: BaseException | None = None
-        self._dead_message: str | None = None
         # Queue accounting for stats(): requests put in the inbox (counted on the event loop) and
         # taken out (on the engine thread); each counter has one writer, so no lock is needed.
         self._inbox_in = self._inbox_in_tokens = self._inbox_out = self._inbox_out_tokens = 0
-        self.watchdog = StepWatchdog(resolve_step_timeout(step_timeout, self.facts.device), self._on_stuck)
+        self.watchdog = StepWatchdog(resolve_step_timeout(config.step_timeout, facts.device), self._on_stuck)
         self._thread = threading.Thread(target=self._run, name="npu-serve-engine", daemon=True)
+        core.executor.watch(self._on_executor_dead)
         self._thread.start()
 
-    # -- public API ---------------------------------------------------------------------------------
+    # -- public API (EngineClient) ------------------------------------------------------------------
     @property
     def is_healthy(self) -> bool:
         return self.dead_error is None and self._thread.is_alive()
@@ -79,36 +100,29 @@ class AsyncEngine:
     @property
     def dead_reason(self) -> str | None:
         if self.dead_error is not None:
-            return self._dead_message or repr(self.dead_error)
-        if not self._thread.is_alive():
-            return "the engine thread has exited"
-        return None
+            return str(self.dead_error)
+        return None if self._thread.is_alive() else "the engine loop has stopped"
 
     def stats(self) -> EngineStats:
         """Read without locking (each number may be a step old). `waiting` and `waiting_tokens`
         include requests still in the inbox, so admission sees them at once; a request moving from
         the inbox to the queue may briefly count twice, never zero times."""
-        sched = self.core.scheduler
-        queued = list(sched.waiting)  # one C-level copy under the GIL: safe while the engine thread runs
+        stats = self.core.stats(self.facts.tensor_parallel_size)
         buckets, step_sum = self.watchdog.histogram()
-        return EngineStats(
-            running=len(sched.running), waiting=len(queued) + max(0, self._inbox_in - self._inbox_out),
-            kv_blocks_used=sched.kv.num_used_blocks(), kv_blocks_total=sched.kv.pool.num_usable_blocks,
-            num_preemptions=sched.num_preemptions, prefix_hit_tokens=sched.num_prefix_hit_tokens,
-            num_steps=self.watchdog.num_steps,
-            waiting_tokens=sum(r.num_tokens - r.num_computed_tokens for r in queued)
-            + max(0, self._inbox_in_tokens - self._inbox_out_tokens),
-            prefix_query_tokens=sched.num_prefix_query_tokens, num_step_errors=self.core.num_step_errors,
+        return dataclasses.replace(
+            stats, waiting=stats.waiting + max(0, self._inbox_in - self._inbox_out),
+            waiting_tokens=stats.waiting_tokens + max(0, self._inbox_in_tokens - self._inbox_out_tokens),
             step_seconds_buckets=buckets, step_seconds_sum=step_sum)
 
     def kv_cache_usage(self) -> tuple[int, int]:
+        """(blocks in use, usable blocks): a shortcut to stats()."""
         kv = self.core.scheduler.kv
         return kv.num_used_blocks(), kv.pool.num_usable_blocks
 
     async def generate(self, prompt: str | list[int], sampling_params: SamplingParams,
                        request_id: str | None = None) -> AsyncIterator[RequestOutput]:
         if not self.is_healthy:
-            raise EngineDeadError(f"the engine loop is not running: {self.dead_error!r}")
+            raise EngineDeadError(f"the engine is not running: {self.dead_reason}")
         request_id = request_id or uuid.uuid4().hex
         parent = self.core.make_parent(request_id, prompt, sampling_params)
         box = _Mailbox(asyncio.get_running_loop())
@@ -122,7 +136,7 @@ class AsyncEngine:
         if self.dead_error is not None:  # died between the health check and registering the mailbox
             with self._lock:
                 self._mailboxes.pop(request_id, None)
-            raise EngineDeadError(f"the engine loop is not running: {self.dead_error!r}")
+            raise EngineDeadError(f"the engine is not running: {self.dead_reason}")
         finished = False
         try:
             while not finished:
@@ -142,7 +156,9 @@ class AsyncEngine:
         self.watchdog.stop()
         self._stopping = True
         self._inbox.put(("stop", None))
-        await asyncio.to_thread(self._thread.join, 30)
+        # A dead engine's thread may be stuck in a step that will never finish: do not wait long for it.
+        await asyncio.to_thread(self._thread.join, 30 if self.dead_error is None else 2)
+        await asyncio.to_thread(self.core.executor.shutdown)
 
     # -- the loop (engine thread) -------------------------------------------------------------------
     def _run(self) -> None:
@@ -160,10 +176,10 @@ class AsyncEngine:
                     self._publish(outputs)
         except BaseException as exc:  # the loop itself broke: nothing can make progress any more
             logger.exception("engine loop died")
-            self._fail_all(exc, f"engine loop died: {exc!r}")
+            self._fail_all(exc if isinstance(exc, EngineDeadError) else EngineDeadError(f"engine loop died: {exc!r}"))
+            core.executor.shutdown()
         else:  # shut down: whoever still waits gets an answer instead of hanging
-            if self.dead_error is None:
-                self._fail_all(EngineDeadError("the engine was shut down"), "the engine was shut down")
+            self._fail_all(EngineDeadError("the engine was shut down"))
         finally:
             self.watchdog.stop()
 
@@ -171,16 +187,22 @@ class AsyncEngine:
         message = (f"the engine is stuck: one step has run for {seconds:.1f} s "
                    f"(step timeout {self.watchdog.timeout_s:g} s)")
         logger.error("%s; failing every waiting request", message)
-        self._fail_all(EngineDeadError(message), message)
+        self._fail_all(EngineDeadError(message))
 
-    def _fail_all(self, cause: BaseException, message: str) -> None:
-        self._dead_message = message
-        self.dead_error = cause  # before the snapshot below: generate() re-checks it after registering
+    def _on_executor_dead(self, reason: str) -> None:  # any thread
+        logger.error("the engine's workers are gone: %s", reason)
+        self._fail_all(EngineDeadError(reason))
+        self._stopping = True
+        self._inbox.put(("stop", None))
+
+    def _fail_all(self, cause: EngineDeadError) -> None:
+        if self.dead_error is None:  # the first cause wins: a later "shut down" does not hide it
+            self.dead_error = cause  # before the snapshot below: generate() re-checks it after registering
         with self._lock:
             boxes = list(self._mailboxes.values())
         for box in boxes:
             try:
-                box.loop.call_soon_threadsafe(box.put, EngineDeadError(message))
+                box.loop.call_soon_threadsafe(box.put, EngineDeadError(str(self.dead_error)))
             except RuntimeError:  # that event loop is closed already
                 pass
 

@@ -1,21 +1,27 @@
 """EngineCore: the synchronous heart, `schedule -> execute -> update`, one step at a time.
 
-Torch-free: the worker is reached through the `Executor` protocol (anything with
-`execute(SchedulerOutput) -> RunnerOutput`). Both front ends drive it: `LLM` calls `step()` in a loop
-on the caller's thread, `AsyncEngine` on its own thread.
+Torch-free: the workers are reached through the `Executor` protocol, with plain messages
+(engine/messages.py) in and out. Both front ends drive it: `LLM` calls `step()` in a loop on the
+caller's thread, `AsyncEngine` on its own thread.
+
+Failures: an ordinary exception from `execute` (a device fault in one forward) fails the requests of
+that step and the engine goes on. `EngineDeadError` (a tensor-parallel rank died, a collective timed
+out: the ranks can no longer agree) is not caught here; it ends the engine.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Callable, Protocol
 
 from npu_serve.engine.beam_search import BeamGroup, BeamSearch, beam_stop_ids
+from npu_serve.engine.client import EngineStats
 from npu_serve.engine.detokenizer import IncrementalDetokenizer
 from npu_serve.engine.output_processor import OutputProcessor, ParentState, child_id
+from npu_serve.engine.messages import RunnerOutput, SchedulerOutput
 from npu_serve.engine.request import Request
-from npu_serve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from npu_serve.errors import InvalidParameter, PromptTooLong
+from npu_serve.engine.scheduler import Scheduler, SchedulerConfig
+from npu_serve.errors import EngineDeadError, InvalidParameter, PromptTooLong
 from npu_serve.outputs import FinishReason, RequestOutput
 from npu_serve.sampling_params import SamplingParams
 
@@ -23,7 +29,16 @@ logger = logging.getLogger(__name__)
 
 
 class Executor(Protocol):
-    def execute(self, so: SchedulerOutput): ...
+    """Runs steps on the workers (one in-process runner, or every tensor-parallel rank)."""
+
+    def execute(self, so: SchedulerOutput) -> RunnerOutput:
+        """Run one step. Raises EngineDeadError when the workers can no longer run steps."""
+
+    def watch(self, on_dead: Callable[[str], None]) -> None:
+        """Call `on_dead(reason)`, from any thread, if the workers die between or during steps."""
+
+    def shutdown(self) -> None:
+        """Stop the workers and free what they hold. Idempotent."""
 
 
 class EngineCore:
@@ -36,6 +51,7 @@ class EngineCore:
         self.outputs = OutputProcessor(tokenizer)
         self.max_model_len = scheduler_config.max_model_len
         self.num_step_errors = 0  # steps whose forward raised (for /metrics)
+        self.num_steps = 0
 
     # -- intake -----------------------------------------------------------------------------------
     def make_parent(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> ParentState:
@@ -94,6 +110,17 @@ class EngineCore:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
 
+    def stats(self, tensor_parallel_size: int = 1) -> EngineStats:
+        """Safe to call from another thread while the engine steps: every number may be a step old."""
+        s = self.scheduler
+        queued = list(s.waiting)  # one C-level copy under the GIL: safe while the engine thread runs
+        return EngineStats(running=len(s.running), waiting=len(queued), kv_blocks_used=s.kv.num_used_blocks(),
+                           kv_blocks_total=s.kv.pool.num_usable_blocks, num_preemptions=s.num_preemptions,
+                           prefix_hit_tokens=s.num_prefix_hit_tokens, num_steps=self.num_steps,
+                           tensor_parallel_size=tensor_parallel_size,
+                           waiting_tokens=sum(r.num_tokens - r.num_computed_tokens for r in queued),
+                           prefix_query_tokens=s.num_prefix_query_tokens, num_step_errors=self.num_step_errors)
+
     # -- the step ---------------------------------------------------------------------------------
     def step(self, want_snapshots: bool = True) -> list[RequestOutput]:
         """Run one step. Returns snapshots of every request that progressed (or only of finished ones
@@ -102,21 +129,22 @@ class EngineCore:
         if not so.scheduled:
             self.executor.execute(so)  # still lets the worker drop state of finished requests
             return []
+        self.num_steps += 1
         try:
             result = self.executor.execute(so)
+        except EngineDeadError:
+            raise
         except Exception as exc:  # a failed forward fails the requests in it, not the server
             logger.exception("engine step failed")
             self.num_step_errors += 1
             return self._fail(so, f"{type(exc).__name__}: {exc}")
-        progressed = self.scheduler.update(so, result.sampled, result.beam_candidates)
-        touched: dict[str, ParentState] = {}
-        for s in so.scheduled:
-            if s.request.request_id not in result.prompt_logprobs:
-                continue
-            start, logprobs = result.prompt_logprobs[s.request.request_id]
-            parent = self.outputs.parents.get(s.request.parent_id)
+        # Before update(): a request that ends in it leaves the scheduler, its parent stays until reported.
+        for rid, (start, logprobs) in result.prompt_logprobs.items():
+            parent = self._parent_of(rid)
             if parent is not None:
                 self.outputs.on_prompt_logprobs(parent, start, logprobs)
+        progressed = self.scheduler.update(so, result.sampled, result.beam_candidates)
+        touched: dict[str, ParentState] = {}
         for group in self.scheduler.finished_beam_groups:
             parent = self.outputs.parents.get(group.request_id)
             if parent is not None:
@@ -134,10 +162,14 @@ class EngineCore:
             touched[parent.request_id] = parent
         return [self.outputs.snapshot(p) for p in touched.values() if want_snapshots or p.finished]
 
+    def _parent_of(self, request_id: str) -> ParentState | None:
+        req = self.scheduler.requests.get(request_id)
+        return self.outputs.parents.get(req.parent_id) if req is not None else None
+
     def _fail(self, so: SchedulerOutput, message: str) -> list[RequestOutput]:
         parents: dict[str, ParentState] = {}
         for s in so.scheduled:
-            parent = self.outputs.parents.get(s.request.parent_id)
+            parent = self._parent_of(s.request_id)
             if parent is not None:
                 parents[parent.request_id] = parent
         out = []

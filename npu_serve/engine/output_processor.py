@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from npu_serve.engine.beam_search import BeamGroup, Hypothesis
 from npu_serve.engine.detokenizer import IncrementalDetokenizer
+from npu_serve.engine.messages import TokenLogprobs
 from npu_serve.engine.request import Request
 from npu_serve.outputs import CompletionOutput, FinishReason, Logprob, RequestOutput
 from npu_serve.sampling_params import SamplingParams
-from npu_serve.worker.sampler import TokenLogprobs
 
 
 def child_id(request_id: str, index: int) -> str:

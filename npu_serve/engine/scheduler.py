@@ -11,6 +11,9 @@ child leads; the others wait as its followers, and in the step that samples the 
 token they sample theirs from the same logits and are forked from it (shared blocks, see
 KVCacheManager.fork). Beam search groups (engine/beam_search.py) fork and drop beams every step;
 a beam that has its candidates waits, parked (nothing to compute), until its siblings have theirs.
+
+`schedule()` returns the step as a plain message (engine/messages.py) and keeps its own record of
+the live requests in it; `update()` applies the sampled tokens of that step.
 """
 
 from __future__ import annotations
@@ -18,10 +21,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 from npu_serve.engine.kv_cache_manager import KVCacheManager
+from npu_serve.engine.messages import SamplingRequest, ScheduledRequest, SchedulerOutput
 from npu_serve.engine.request import Request, RequestStatus
 from npu_serve.outputs import FinishReason
 
@@ -30,29 +33,13 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class ScheduledRequest:
+class _Scheduled:
+    """The scheduler's own (live) record of one scheduled request, kept until `update`."""
+
     request: Request
-    start: int  # num_computed_tokens before this step: position of the first new token
     num_new_tokens: int
-    block_ids: list[int]
-    sample: bool  # after this chunk every known token is computed, so one new token is sampled
-    # Followers that sample their first token from this (leader's) last prompt position, then fork.
+    sample: bool
     fork_children: list[Request] = field(default_factory=list)
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledRequest]  # decodes (1 new token) first, then prefills/chunks
-    num_batched_tokens: int
-    preempted: list[str] = field(default_factory=list)
-    # Requests that ended since the last step: the worker drops their per-request state.
-    finished_ids: list[str] = field(default_factory=list)
-    # Copy-on-write block copies (src, dst), applied to every layer before this step's forward.
-    block_copies: list[tuple[int, int]] = field(default_factory=list)
-
-    @property
-    def num_decodes(self) -> int:
-        return sum(1 for s in self.scheduled if s.num_new_tokens == 1)
 
 
 @dataclass(frozen=True)
@@ -77,6 +64,7 @@ class Scheduler:
         self._leader_of: dict[str, str] = {}
         self.beam_groups: dict[str, BeamGroup] = {}  # beam request id -> its group
         self.finished_beam_groups: list[BeamGroup] = []  # ended in update(); the engine drains it
+        self._last: tuple[SchedulerOutput, list[_Scheduled]] | None = None  # the step awaiting update()
         # Statistics, in tokens and events, for tests, benchmarks and /metrics.
         self.num_preemptions = 0
         self.num_prefix_hit_tokens = 0
@@ -176,14 +164,21 @@ class Scheduler:
             budget = self._admit(budget, chosen)
 
         chosen.sort(key=lambda c: c[2] != 1)  # stable: decodes first, each group in running order
-        scheduled = []
+        scheduled, live, sampling = [], [], {}
         for req, start, n in chosen:
             sample = start + n == req.num_tokens
             forks = list(self._followers.get(req.request_id, ())) if sample else []
-            scheduled.append(ScheduledRequest(req, start, n, self.kv.block_ids(req.request_id), sample, forks))
+            msg = ScheduledRequest(req.request_id, start, req.token_slice(start, start + n),
+                                   self.kv.block_ids(req.request_id), sample, _prompt_logprob_rows(req, start, n))
+            scheduled.append(msg)
+            live.append(_Scheduled(req, n, sample, forks))
+            if sample or msg.prompt_logprob_rows:
+                sampling[req.request_id] = _sampling_request(req, forks, start, msg.prompt_logprob_rows)
         finished, self._finished_ids = self._finished_ids, []
-        return SchedulerOutput(scheduled, self.config.max_num_batched_tokens - budget, preempted, finished,
-                               self.kv.take_copies())
+        out = SchedulerOutput(scheduled, self.config.max_num_batched_tokens - budget, preempted, finished,
+                              self.kv.take_copies(), sampling)
+        self._last = (out, live)
+        return out
 
     def _admit(self, budget: int, chosen: list[tuple[Request, int, int]]) -> int:
         while self.waiting and budget > 0 and self._seats_for(self.waiting[0]):
@@ -239,12 +234,17 @@ class Scheduler:
 
     def update(self, out: SchedulerOutput, sampled: dict[str, int],
                beam_candidates: dict[str, list[tuple[int, float]]] | None = None) -> list[Request]:
-        """Apply a finished step: advance computed counts, append sampled tokens, end requests that hit
-        EOS, a stop token, max_tokens or the context limit, fork followers, advance beam groups.
-        Returns the (sampling) requests that got a token, forked followers included."""
+        """Apply the step `out` (the last one scheduled): advance computed counts, append sampled
+        tokens, end requests that hit EOS, a stop token, max_tokens or the context limit, fork
+        followers, advance beam groups. Returns the (sampling) requests that got a token, forked
+        followers included."""
+        if self._last is None or self._last[0] is not out:
+            raise ValueError("update() must follow the schedule() that produced this output, once")
+        live = self._last[1]
+        self._last = None
         progressed = []
         groups: dict[int, BeamGroup] = {}
-        for s in out.scheduled:
+        for s in live:
             req = s.request
             if req.is_finished:
                 continue
@@ -292,3 +292,27 @@ class Scheduler:
         if req.num_tokens >= self.config.max_model_len:
             return FinishReason.LENGTH, None
         return None, None
+
+
+def _prompt_logprob_rows(req: Request, start: int, num_new: int) -> int:
+    """How many positions of this chunk predict a prompt token for prompt_logprobs: position p
+    predicts token p + 1; the last prompt position predicts the first output token (sampled)."""
+    if req.sampling_params.prompt_logprobs is None:
+        return 0
+    return max(0, min(start + num_new, req.num_prompt_tokens - 1) - start)
+
+
+def _sampling_request(req: Request, forks: list[Request], start: int, prompt_rows: int) -> SamplingRequest:
+    p = req.sampling_params
+    targets = req.prompt_token_ids[start + 1 : start + 1 + prompt_rows] if prompt_rows else []
+    return SamplingRequest(req.request_id, p, req.output_index, *_histories(req), targets,
+                           [SamplingRequest(c.request_id, p, c.output_index, *_histories(c)) for c in forks])
+
+
+def _histories(req: Request) -> tuple[list[int] | tuple, list[int] | tuple]:
+    """Copies of the token histories the sampler reads for this request's params (empty otherwise)."""
+    p = req.sampling_params
+    needs_output = p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0
+    prompt = list(req.prompt_token_ids) if p.repetition_penalty != 1.0 else ()
+    output = list(req.output_token_ids) if needs_output or p.min_tokens > 0 else ()
+    return prompt, output

@@ -24,16 +24,16 @@ STEP_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 
 DEFAULT_ACCELERATOR_STEP_TIMEOUT_S = 120.0
 
 
-def resolve_step_timeout(value: float | str | None, device: str) -> float | None:
-    """Seconds, or None for off. `value`: "auto" (off on CPU, the accelerator default elsewhere),
-    None or 0 (off), or a positive number of seconds."""
-    if value == "auto":
+def resolve_step_timeout(value: float | None, device: str) -> float | None:
+    """Seconds, or None for off. `value` (EngineConfig.step_timeout): None for the device's default
+    (off on CPU, DEFAULT_ACCELERATOR_STEP_TIMEOUT_S elsewhere), 0 for off, or positive seconds."""
+    if value is None:
         return None if device == "cpu" else DEFAULT_ACCELERATOR_STEP_TIMEOUT_S
-    if value is None or value == 0:
+    if value == 0:
         return None
     seconds = float(value)
     if seconds < 0:
-        raise ValueError(f"step_timeout must be 'auto', 0 (off) or positive seconds, got {value!r}")
+        raise ValueError(f"step_timeout must be 0 (off) or positive seconds, got {value!r}")
     return seconds
 
 

@@ -2,11 +2,16 @@
 
 The engine loads in the background after the socket is open, so `/health` can answer 503 while
 the model loads and warms up (orchestrators poll it); every model route answers 503 until then.
-A load failure is reported on `/health` and handed to `on_fatal` (the CLI stops uvicorn).
-`/health` is also 503 while draining (drain.py) and once the engine died or got stuck.
+A load failure is reported on `/health` and handed to `on_fatal` (the CLI stops uvicorn and exits 1).
+So is an engine that dies while serving (a tensor-parallel rank gone, the loop broken): `/health`
+answers 503 at once, running requests end with an error, and `on_fatal` follows DEAD_EXIT_DELAY_S
+later, so load balancers and streams see the failure before the socket closes.
+
+`/health` is also 503 while draining (drain.py) and once the engine got stuck (the step watchdog).
 
 Middleware, outermost first: GateMiddleware (body size, drain, admission, refusal counts), then
-the API-key check, then the routes.
+the API-key check, then the routes. The server knows the engine only as an `EngineClient`
+(engine/client.py).
 """
 
 from __future__ import annotations
@@ -15,13 +20,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from npu_serve.engine.client import EngineClient
 from npu_serve.server.chat import create_chat_completion
 from npu_serve.server.completions import create_completion
 from npu_serve.server.config import ServerConfig
@@ -34,7 +39,11 @@ from npu_serve.server.serving import ServerState, server_state
 
 logger = logging.getLogger(__name__)
 
-EngineOrFactory = Any  # an AsyncEngine, or a zero-argument callable that builds one (blocking)
+EngineOrFactory = EngineClient | Callable[[], EngineClient]  # an engine, or a blocking zero-argument builder
+
+# Seconds between the engine dying and `on_fatal` (the process exit): /health says 503 meanwhile.
+DEAD_EXIT_DELAY_S = 3.0
+_HEALTH_POLL_S = 0.2
 
 
 async def health(request: Request) -> Response:
@@ -46,7 +55,7 @@ async def health(request: Request) -> Response:
     if not state.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
     if not state.engine.is_healthy:
-        return JSONResponse({"status": "error", "message": state.engine.dead_reason or "the engine loop has stopped"},
+        return JSONResponse({"status": "error", "message": state.engine.dead_reason or "the engine has stopped"},
                             status_code=503)
     return Response(status_code=200)
 
@@ -80,7 +89,7 @@ def _routes() -> list[Route]:
     return routes
 
 
-async def _warm_up(engine: Any) -> None:
+async def _warm_up(engine: EngineClient) -> None:
     """One short greedy request so lazy initialisation happens before the first client."""
     from npu_serve.sampling_params import SamplingParams
 
@@ -106,7 +115,20 @@ async def _load(state: ServerState, engine_or_factory: EngineOrFactory, on_fatal
         logger.exception("the model failed to load")
         state.load_error = f"{type(e).__name__}: {e}"
         if on_fatal is not None:
-            on_fatal(state.load_error)
+            on_fatal(f"the model failed to load: {state.load_error}")
+        return
+    if on_fatal is not None:
+        await _watch(state.engine, on_fatal)
+
+
+async def _watch(engine: EngineClient, on_fatal: Callable[[str], None]) -> None:
+    """Hand a dead engine to on_fatal (after DEAD_EXIT_DELAY_S, answering 503 meanwhile)."""
+    while engine.is_healthy:
+        await asyncio.sleep(_HEALTH_POLL_S)
+    reason = engine.dead_reason or "the engine has stopped"
+    logger.error("the engine stopped: %s; exiting in %.0f s", reason, DEAD_EXIT_DELAY_S)
+    await asyncio.sleep(DEAD_EXIT_DELAY_S)
+    on_fatal(f"the engine stopped: {reason}")
 
 
 def _security(app: Starlette, state: ServerState) -> None:
@@ -143,8 +165,9 @@ def build_app(engine: EngineOrFactory, config: ServerConfig | None = None,
               on_fatal: Callable[[str], None] | None = None) -> Starlette:
     """The whole HTTP API over one engine.
 
-    `engine` is either an AsyncEngine (the caller owns it; it is not shut down here) or a
-    zero-argument factory that builds one (blocking; run in a thread; the lifespan shuts it down).
+    `engine` is either an EngineClient such as AsyncEngine (the caller owns it; it is not shut down
+    here) or a zero-argument factory that builds one (blocking; run in a thread; the lifespan shuts
+    it down).
     """
     state = ServerState(config=config or ServerConfig())
     owns_engine = callable(engine) and not hasattr(engine, "generate")

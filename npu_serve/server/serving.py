@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from npu_serve.engine.client import EngineClient
 from npu_serve.outputs import RequestOutput
 from npu_serve.sampling_params import SamplingParams
 from npu_serve.server.admission import AdmissionController
@@ -41,7 +42,7 @@ class ServerState:
     """Everything a handler needs; lives on `app.state.server`, owned by the lifespan."""
 
     config: ServerConfig
-    engine: Any = None  # AsyncEngine once loaded
+    engine: EngineClient | None = None  # once loaded
     model_name: str = ""
     moderator: Any = None  # npu_serve.server.moderation.Moderator or None
     ready: bool = False  # loaded and warmed up
@@ -61,7 +62,7 @@ class ServerState:
         self.tracker = RequestTracker(self.metrics, cfg.log_requests)
         self.drain = Drainer(self, cfg.shutdown_timeout_s)
 
-    def require_engine(self) -> Any:
+    def require_engine(self) -> EngineClient:
         if self.load_error is not None:
             raise APIError(503, f"The model failed to load: {self.load_error}")
         if not self.ready or self.engine is None:
@@ -121,7 +122,7 @@ def request_ids(prefix: str, given: str | None) -> tuple[str, str]:
     return engine_id, (f"{prefix}-{given}" if given is not None else engine_id)
 
 
-async def run_request(request: Request, engine: Any, prompt_ids: list[int], params: SamplingParams,
+async def run_request(request: Request, engine: EngineClient, prompt_ids: list[int], params: SamplingParams,
                       request_id: str, stream: bool,
                       make_builder: Callable[[RequestOutput], _StreamBuilder],
                       make_response: Callable[[RequestOutput], Response], response_id: str | None = None) -> Response:

@@ -6,6 +6,8 @@ keys are qk_nope + qk_rope wide, its values v_head_dim), and may differ from lay
 shapes come from the layers' facts (hf_bridge.attention_layers), the same ones the backends check,
 so the cache, its sizing and the block accounting use the real bytes per token.
 
+Under tensor parallelism num_kv_heads is the rank's share (distributed/sharding.py).
+
 Zero-initialised on purpose: padded block-table entries point at the null block 0, and masked-out
 positions still pass through softmax(-inf) * V, where a NaN left in memory would poison the sum.
 """

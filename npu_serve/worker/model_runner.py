@@ -1,38 +1,31 @@
 """ModelRunner: packs one varlen batch, runs the HF model with our attention, samples.
 
-Input of a step is a SchedulerOutput (decodes first); output is {request_id: sampled token} plus
-logprobs where asked. The batch is one packed "sequence" of T tokens: input_ids and position_ids of
-shape [1, T]; the attention metadata tells the backend where each request starts, how long its
-context is and where its blocks are. Only the last position of each request that samples goes
-through lm_head (transformers' `logits_to_keep` with an index tensor).
+Input of a step is a SchedulerOutput message (decodes first; engine/messages.py); output is a
+RunnerOutput. The batch is one packed "sequence" of T tokens: input_ids and position_ids of shape
+[1, T]; the attention metadata tells the backend where each request starts, how long its context is
+and where its blocks are. Only the positions whose logits are needed (the last position of each
+request that samples, then prompt-logprob positions) go through lm_head (transformers'
+`logits_to_keep` with an index tensor).
+
+The step is two halves: `forward` (every tensor-parallel rank runs it, in lockstep, on the same
+message) and `sample` (rank 0 only, from the `sampling` part of the message that only it gets).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
-
-from npu_serve.sampling_params import SamplingParams
 
 from npu_serve.attention import hf_bridge
 from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 from npu_serve.engine.beam_search import candidates_per_beam
-from npu_serve.engine.scheduler import ScheduledRequest, SchedulerOutput
+from npu_serve.engine.messages import RunnerOutput, SamplingRequest, SchedulerOutput
 from npu_serve.errors import UnsupportedModel
+from npu_serve.sampling_params import SamplingParams
 from npu_serve.worker.forward_context import ForwardContext, forward_context
 from npu_serve.worker.kv_cache import KVCacheSpec, allocate_kv_caches
-from npu_serve.worker.sampler import Sampler, SamplingRow, TokenLogprobs, gather_logprobs
-
-
-@dataclass
-class RunnerOutput:
-    sampled: dict[str, int]
-    logprobs: dict[str, TokenLogprobs]
-    # Beam-search requests: their top (token, logprob) candidates instead of a sampled token.
-    beam_candidates: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    # prompt_logprobs requests: (chunk start, logprobs of prompt tokens start + 1, start + 2, ...).
-    prompt_logprobs: dict[str, tuple[int, list[TokenLogprobs]]] = field(default_factory=dict)
+from npu_serve.worker.sampler import Sampler, SamplingRow, gather_logprobs
 
 
 class ModelRunner:
@@ -86,6 +79,8 @@ class ModelRunner:
 
     # -- batch packing ------------------------------------------------------------------------------
     def _prepare(self, so: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
+        """Packed input ids, positions, attention metadata, and the packed rows whose logits are kept
+        (sampled rows in order, then each request's prompt-logprob rows)."""
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -93,15 +88,18 @@ class ModelRunner:
         qsl = [0]
         seq_lens: list[int] = []
         sample_idx: list[int] = []
+        prompt_idx: list[int] = []
         max_blocks = max(len(s.block_ids) for s in so.scheduled)
         tables: list[list[int]] = []  # padded with the null block 0
         for s in so.scheduled:
-            end = s.start + s.num_new_tokens
-            input_ids += s.request.token_slice(s.start, end)
+            end = s.start + len(s.token_ids)
+            input_ids += s.token_ids
             positions += range(s.start, end)
             ids = s.block_ids
             slots += [ids[p // bs] * bs + p % bs for p in range(s.start, end)]
-            qsl.append(qsl[-1] + s.num_new_tokens)
+            if s.prompt_logprob_rows:
+                prompt_idx += range(qsl[-1], qsl[-1] + s.prompt_logprob_rows)
+            qsl.append(qsl[-1] + len(s.token_ids))
             seq_lens.append(end)
             tables.append(ids + [0] * (max_blocks - len(ids)))
             if s.sample:
@@ -120,38 +118,59 @@ class ModelRunner:
         )
         ids_t = torch.tensor([input_ids], dtype=torch.long, device=dev)
         pos_t = torch.tensor([positions], dtype=torch.long, device=dev)
-        return ids_t, pos_t, meta, sample_idx
+        return ids_t, pos_t, meta, sample_idx + prompt_idx
 
     # -- the step -----------------------------------------------------------------------------------
-    @torch.inference_mode()
+    # A runner in the engine's own process is its own Executor (engine/engine_core.py): its failures
+    # surface from execute(), and there is nothing to watch or stop.
     def execute(self, so: SchedulerOutput) -> RunnerOutput:
-        for rid in so.finished_ids:
-            self._generators.pop(rid, None)
-            self._ranked_params.pop(rid, None)
+        return self.sample(so, self.forward(so))
+
+    def watch(self, on_dead) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    @torch.inference_mode()
+    def forward(self, so: SchedulerOutput) -> torch.Tensor | None:
+        """Run the model over the step's batch: float32 logits of the kept rows (see `_prepare`),
+        or None when no row is kept. Reads only the part of `so` every rank gets."""
         if so.block_copies:
             self._copy_blocks(so.block_copies)
         if not so.scheduled:
-            return RunnerOutput({}, {})
-        input_ids, positions, meta, sample_idx = self._prepare(so)
-        prompt_rows = self._prompt_logprob_rows(so, meta.query_start_loc_cpu)
-        keep_idx = sample_idx + [i for _, rows, _ in prompt_rows for i in rows]
+            return None
+        input_ids, positions, meta, keep_idx = self._prepare(so)
         ctx = ForwardContext(meta, self.kv_caches, self.backend, self.layers)
         with forward_context(ctx):
-            if keep_idx:
-                keep = torch.tensor(keep_idx, dtype=torch.long, device=self.device)
-                logits = self.model(input_ids=input_ids, position_ids=positions, use_cache=False,
-                                    logits_to_keep=keep).logits[0].float()
-            else:
+            if not keep_idx:
                 # Only prompt chunks this step: run the layers for their KV, skip lm_head entirely.
                 self.model.get_decoder()(input_ids=input_ids, position_ids=positions, use_cache=False)
-                return RunnerOutput({}, {})
-        out = RunnerOutput({}, {})
-        self._sample(so, logits[: len(sample_idx)], out)
-        offset = len(sample_idx)
-        for s, rows, targets in prompt_rows:
-            lps = gather_logprobs(logits[offset : offset + len(rows)], targets, s.request.sampling_params.prompt_logprobs)
-            out.prompt_logprobs[s.request.request_id] = (s.start, lps)
-            offset += len(rows)
+                return None
+            keep = torch.tensor(keep_idx, dtype=torch.long, device=self.device)
+            return self.model(input_ids=input_ids, position_ids=positions, use_cache=False,
+                              logits_to_keep=keep).logits[0].float()
+
+    @torch.inference_mode()
+    def sample(self, so: SchedulerOutput, logits: torch.Tensor | None) -> RunnerOutput:
+        """Sampled tokens, beam candidates and logprobs from the logits `forward` returned (rank 0)."""
+        for rid in so.finished_ids:
+            self._generators.pop(rid, None)
+            self._ranked_params.pop(rid, None)
+        out = RunnerOutput()
+        if logits is None:
+            return out
+        sampled = [s for s in so.scheduled if s.sample]
+        self._sample([so.sampling[s.request_id] for s in sampled], logits[: len(sampled)], out)
+        offset = len(sampled)
+        for s in so.scheduled:
+            if not s.prompt_logprob_rows:
+                continue
+            req = so.sampling[s.request_id]
+            rows = logits[offset : offset + s.prompt_logprob_rows]
+            out.prompt_logprobs[s.request_id] = (s.start, gather_logprobs(rows, req.prompt_logprob_targets,
+                                                                          req.params.prompt_logprobs))
+            offset += s.prompt_logprob_rows
         return out
 
     def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
@@ -163,33 +182,16 @@ class ModelRunner:
             key_cache[dst] = key_cache[src]
             value_cache[dst] = value_cache[src]
 
-    @staticmethod
-    def _prompt_logprob_rows(so: SchedulerOutput, qsl: list[int]) -> list[tuple[ScheduledRequest, list[int], list[int]]]:
-        """For each request asking for prompt_logprobs: the packed positions in this chunk whose
-        logits predict a prompt token (position p predicts token p + 1; the last prompt position
-        predicts the first output token and is sampled instead), and those target tokens."""
-        found = []
-        for i, s in enumerate(so.scheduled):
-            req = s.request
-            if req.sampling_params.prompt_logprobs is None:
-                continue
-            stop = min(s.start + s.num_new_tokens, req.num_prompt_tokens - 1)
-            if stop <= s.start:
-                continue
-            rows = [qsl[i] + p - s.start for p in range(s.start, stop)]
-            found.append((s, rows, req.prompt_token_ids[s.start + 1 : stop + 1]))
-        return found
-
-    def _sample(self, so: SchedulerOutput, logits: torch.Tensor, out: RunnerOutput) -> None:
+    def _sample(self, leaders: list[SamplingRequest], logits: torch.Tensor, out: RunnerOutput) -> None:
         """Sampled tokens (one per request, plus one per follower forking off a leader's prompt, drawn
-        from the leader's logits row) and beam candidates, into `out`."""
+        from the leader's logits row) and beam candidates, into `out`. `leaders[i]` owns row i."""
         reqs, row_of = [], []
         beam = []
-        for row, s in enumerate(x for x in so.scheduled if x.sample):
-            if s.request.sampling_params.use_beam_search:
-                beam.append((row, s.request))
+        for row, lead in enumerate(leaders):
+            if lead.params.use_beam_search:
+                beam.append((row, lead))
                 continue
-            for req in (s.request, *s.fork_children):
+            for req in (lead, *lead.fork_children):
                 reqs.append(req)
                 row_of.append(row)
         if reqs:
@@ -204,15 +206,15 @@ class ModelRunner:
                     out.logprobs[req.request_id] = lp
         if beam:
             idx = torch.tensor([r for r, _ in beam], dtype=torch.long, device=logits.device)
-            k = max(candidates_per_beam(req.sampling_params) for _, req in beam)
+            k = max(candidates_per_beam(req.params) for _, req in beam)
             logprobs = torch.log_softmax(logits.index_select(0, idx), dim=-1)
             values, tokens = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
             for (_, req), vals, toks in zip(beam, values.tolist(), tokens.tolist()):
-                n = candidates_per_beam(req.sampling_params)
+                n = candidates_per_beam(req.params)
                 out.beam_candidates[req.request_id] = list(zip(toks[:n], vals[:n]))
 
-    def _row(self, req) -> SamplingRow:
-        p = req.sampling_params
+    def _row(self, req: SamplingRequest) -> SamplingRow:
+        p = req.params
         if p.best_of > p.n and p.logprobs is None:
             # Ranking best_of outputs needs each chosen token's logprob even when the user wants none.
             ranked = self._ranked_params.get(req.request_id)

@@ -20,13 +20,19 @@ def load_config(path) -> Any:
     return AutoConfig.from_pretrained(path)
 
 
-def check_before_load(config: Any, name: str, backend: AttentionBackend) -> list[AttentionLayer]:
+def check_before_load(config: Any, name: str, backend: AttentionBackend,
+                      heads: tuple[int, int] | None = None) -> list[AttentionLayer]:
     """The layers' facts from the config (hf_bridge.attention_layers_from_config); UnsupportedModel (one
-    line) for the first layer the backend cannot compute. hf_bridge, and with it transformers, is imported
-    here, after the platform is resolved (npu_serve/device/__init__.py says why)."""
+    line) for the first layer the backend cannot compute. `heads` = (query heads, KV heads) of this rank
+    under tensor parallelism. hf_bridge, and with it transformers, is imported here, after the platform
+    is resolved (npu_serve/device/__init__.py says why)."""
+    from dataclasses import replace
+
     from npu_serve.attention import hf_bridge
 
     layers = hf_bridge.attention_layers_from_config(config)
+    if heads is not None:
+        layers = [replace(layer, num_heads=heads[0], num_kv_heads=heads[1]) for layer in layers]
     for layer in layers:
         reason = backend.unsupported(layer)
         if reason is not None:

@@ -20,9 +20,11 @@ params ask for logprobs (None elsewhere).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+from npu_serve.engine.messages import TokenLogprobs
 from npu_serve.sampling_params import SamplingParams
 from npu_serve.worker.logits_processors import is_greedy_row, needs_processing, process_logits
 
@@ -34,21 +36,10 @@ _LOGPROB_CHUNK = 256
 @dataclass
 class SamplingRow:
     params: SamplingParams
-    prompt_token_ids: list[int]
-    output_token_ids: list[int]
+    # Histories the logits processors read (penalties, min_tokens); may be empty when none does.
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]
     generator: torch.Generator | None  # set for seeded requests, owned by the model runner
-
-
-@dataclass
-class TokenLogprobs:
-    """Logprobs at one position: the chosen token's, its rank (1 = best), and the top alternatives
-    (most likely first, `params.logprobs` of them)."""
-
-    token_id: int
-    logprob: float
-    rank: int
-    top_ids: list[int]
-    top_logprobs: list[float]
 
 
 @dataclass

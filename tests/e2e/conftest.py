@@ -137,3 +137,6 @@ class FailingExecutor:
             if self.calls == self.fail_at:
                 raise RuntimeError("injected device fault")
         return self.real.execute(so)
+
+    def __getattr__(self, name):  # watch(), shutdown(): the real executor's
+        return getattr(self.real, name)

@@ -130,7 +130,7 @@ def test_beam_groups_free_every_block(groups, num_blocks, budget, block_size):
     max_len = (num_blocks - 1) * block_size
     s = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=budget, max_model_len=max_len,
                                   block_size=block_size, num_blocks=num_blocks))
-    kv = FakeKV(block_size)
+    kv = FakeKV(block_size, s.requests)
     searches = []
     for g, (prompt, width, max_new, early) in enumerate(groups):
         if len(prompt) + max_new > max_len:
@@ -147,7 +147,7 @@ def test_beam_groups_free_every_block(groups, num_blocks, budget, block_size):
             break
         out = s.schedule()
         kv.step(out)
-        cands = {x.request.request_id: fake_candidates(x.request, 3 * x.request.sampling_params.best_of)
+        cands = {x.request_id: fake_candidates(s.requests[x.request_id], 3 * out.sampling[x.request_id].params.best_of)
                  for x in out.scheduled if x.sample}
         s.update(out, {}, cands)
         check_invariants(s)

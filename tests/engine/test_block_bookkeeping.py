@@ -68,7 +68,7 @@ def test_random_operations_never_leak(requests, num_blocks, budget, block_size, 
     def step(seed: int):
         out = s.schedule()
         assert out.num_batched_tokens <= budget
-        sampled = {x.request.request_id: (seed + x.start) % 4 for x in out.scheduled if x.sample}
+        sampled = {x.request_id: (seed + x.start) % 4 for x in out.scheduled if x.sample}
         s.update(out, sampled)
 
     add()
@@ -119,7 +119,7 @@ def test_preemption_frees_newest_and_recomputes():
     for _ in range(30):
         out = s.schedule()
         preempted += out.preempted
-        s.update(out, {x.request.request_id: 0 for x in out.scheduled if x.sample})
+        s.update(out, {x.request_id: 0 for x in out.scheduled if x.sample})
         if not s.has_unfinished:
             break
     assert preempted and preempted[0] == "new"

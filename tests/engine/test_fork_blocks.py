@@ -24,21 +24,23 @@ from tests.engine.test_block_bookkeeping import check_invariants
 class FakeKV:
     """Block id -> the token ids written at each slot: what attention would read."""
 
-    def __init__(self, block_size: int):
+    def __init__(self, block_size: int, requests: dict):
         self.bs = block_size
         self.mem: dict[int, list] = {}
+        self.requests = requests  # the scheduler's live requests, to check what the messages carry
 
     def step(self, out) -> None:
         sources = {src: list(self.mem.get(src, [None] * self.bs)) for src, _ in out.block_copies}
         for src, dst in out.block_copies:
             self.mem[dst] = list(sources[src])
-        for x in out.scheduled:  # the whole batch writes before any attention reads
-            for p in range(x.start, x.start + x.num_new_tokens):
-                self.mem.setdefault(x.block_ids[p // self.bs], [None] * self.bs)[p % self.bs] = x.request.token_slice(p, p + 1)[0]
+        for x in out.scheduled:  # the whole batch writes (the message's tokens) before any attention reads
+            for p, token in zip(range(x.start, x.start + x.num_new_tokens), x.token_ids):
+                self.mem.setdefault(x.block_ids[p // self.bs], [None] * self.bs)[p % self.bs] = token
         for x in out.scheduled:
             end = x.start + x.num_new_tokens
             got = [self.mem[x.block_ids[p // self.bs]][p % self.bs] for p in range(end)]
-            assert got == x.request.token_slice(0, end), f"{x.request.request_id} reads wrong KV"
+            req = self.requests[x.request_id]
+            assert got == req.token_slice(0, end), f"{x.request_id} reads wrong KV"
 
 
 def run_step(s: Scheduler, kv: FakeKV, seed: int):
@@ -47,7 +49,8 @@ def run_step(s: Scheduler, kv: FakeKV, seed: int):
     sampled = {}
     for x in out.scheduled:
         if x.sample:
-            for r in (x.request, *x.fork_children):
+            lead = out.sampling[x.request_id]
+            for r in (lead, *lead.fork_children):
                 sampled[r.request_id] = (seed + x.start + r.output_index) % 4
     s.update(out, sampled)
     return out
@@ -67,7 +70,7 @@ def test_forked_groups_read_their_own_tokens_and_never_leak(groups, num_blocks, 
     max_len = (num_blocks - 1) * block_size
     s = Scheduler(SchedulerConfig(max_num_seqs=6, max_num_batched_tokens=budget, max_model_len=max_len,
                                   block_size=block_size, num_blocks=num_blocks, enable_prefix_caching=caching))
-    kv = FakeKV(block_size)
+    kv = FakeKV(block_size, s.requests)
     for g, (prompt, max_tokens, n) in enumerate(groups):
         if len(prompt) > max_len:
             continue
@@ -92,10 +95,11 @@ def test_followers_fork_after_one_prefill_and_copy_the_partial_block():
     p = SamplingParams(n=3, temperature=1.0, max_tokens=3)
     kids = [Request(f"r#{i}", list(range(10)), p, output_index=i, parent_id="r") for i in range(3)]
     s.add_request(kids[0], kids[1:])
-    kv = FakeKV(4)
+    kv = FakeKV(4, s.requests)
     first = run_step(s, kv, 0)
-    assert [x.request.request_id for x in first.scheduled] == ["r#0"] and first.num_batched_tokens == 10
-    assert first.scheduled[0].fork_children == kids[1:]
+    assert [x.request_id for x in first.scheduled] == ["r#0"] and first.num_batched_tokens == 10
+    assert [c.request_id for c in first.sampling["r#0"].fork_children] == ["r#1", "r#2"]
+    assert [c.output_index for c in first.sampling["r#0"].fork_children] == [1, 2]
     tables = [s.kv.block_ids(k.request_id) for k in kids]
     assert tables[0] == tables[1] == tables[2] and len(tables[0]) == 3  # 2 full blocks + 1 partial
     assert [s.kv.pool.blocks[b].ref_cnt for b in tables[0]] == [3, 3, 3]

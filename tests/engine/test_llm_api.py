@@ -87,14 +87,27 @@ def test_bad_params_are_refused_with_the_parameter_named():
     assert err.value.param == "presence_penalty"
 
 
+def test_stats_count_what_the_engine_did(llm):
+    before = llm.stats()
+    prompt = list(range(300, 300 + 40))
+    llm.generate([prompt, prompt], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    after = llm.stats()
+    assert (after.running, after.waiting, after.kv_blocks_used) == (0, 0, 0)
+    assert after.kv_blocks_total == llm.facts.num_blocks - 1 and after.tensor_parallel_size == 1
+    assert after.num_steps - before.num_steps >= 3
+    assert after.prefix_hit_tokens - before.prefix_hit_tokens == 32  # the 2nd hit the 1st's 2 full blocks
+
+
 def test_async_engine_answers_waiters_on_shutdown_and_refuses_after(tiny_llama_dir):
     import asyncio
 
     from npu_serve import AsyncEngine
+    from npu_serve.engine.client import EngineClient
     from npu_serve.errors import EngineDeadError
 
     async def main():
         engine = AsyncEngine(str(tiny_llama_dir), device="cpu", dtype="float32", max_model_len=2048)
+        assert isinstance(engine, EngineClient) and engine.is_healthy and engine.dead_reason is None
         params = SamplingParams(temperature=0, max_tokens=2000, ignore_eos=True)  # far longer than the test
 
         async def consume():
@@ -106,7 +119,7 @@ def test_async_engine_answers_waiters_on_shutdown_and_refuses_after(tiny_llama_d
         await engine.shutdown()
         with pytest.raises(EngineDeadError):
             await asyncio.wait_for(task, 10)  # answered, not left hanging
-        assert not engine.is_healthy
+        assert not engine.is_healthy and engine.dead_reason == "the engine was shut down"
         with pytest.raises(EngineDeadError):
             async for _ in engine.generate("after", params, request_id="late"):
                 pass
@@ -119,12 +132,20 @@ class _FailWhen:
     as a device fault (or a model the backend mishandles) would."""
 
     def __init__(self, real, poison: list[int]):
-        self.real, self.poison = real, poison
+        self.real, self.poison, self.poisoned = real, poison, set()
 
     def execute(self, so):
-        if any(s.request.prompt_token_ids == self.poison and s.start >= len(self.poison) for s in so.scheduled):
+        # The step message carries token ids, not requests: a request whose first chunk is the poison
+        # prompt is marked, and its first decode fails.
+        for s in so.scheduled:
+            if s.start == 0 and list(s.token_ids) == self.poison:
+                self.poisoned.add(s.request_id)
+        if any(s.request_id in self.poisoned and s.start >= len(self.poison) for s in so.scheduled):
             raise RuntimeError("injected device fault")
         return self.real.execute(so)
+
+    def __getattr__(self, name):  # watch(), shutdown(): the real executor's
+        return getattr(self.real, name)
 
 
 def test_generate_raises_when_every_request_fails_and_reports_partial_failures(llm):

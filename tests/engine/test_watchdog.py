@@ -13,9 +13,9 @@ from npu_serve.engine.watchdog import (
 
 
 def test_resolve_step_timeout():
-    assert resolve_step_timeout("auto", "cpu") is None
-    assert resolve_step_timeout("auto", "npu") == resolve_step_timeout("auto", "cuda") == DEFAULT_ACCELERATOR_STEP_TIMEOUT_S
-    assert resolve_step_timeout(0, "npu") is None and resolve_step_timeout(None, "npu") is None
+    assert resolve_step_timeout(None, "cpu") is None
+    assert resolve_step_timeout(None, "npu") == resolve_step_timeout(None, "cuda") == DEFAULT_ACCELERATOR_STEP_TIMEOUT_S
+    assert resolve_step_timeout(0, "npu") is None
     assert resolve_step_timeout(2.5, "cpu") == 2.5
     with pytest.raises(ValueError):
         resolve_step_timeout(-1, "cpu")

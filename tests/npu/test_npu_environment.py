@@ -47,9 +47,9 @@ def test_startup_refuses_an_unsupported_head_size_before_weights(npu, tmp_path):
 
     from npu_serve.config import EngineConfig
     from npu_serve.errors import UnsupportedModel
-    from npu_serve.worker.builder import build_engine_core
+    from npu_serve.loader import load_engine
 
     LlamaConfig(vocab_size=256, hidden_size=384, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=96).save_pretrained(tmp_path)  # config only, no weights
     with pytest.raises(UnsupportedModel, match="head size 96"):
-        build_engine_core(EngineConfig(model=str(tmp_path), device="npu"))
+        load_engine(EngineConfig(model=str(tmp_path), device="npu"))

@@ -49,7 +49,7 @@ def test_operations_flags_reach_the_server_config(tmp_path, monkeypatch):
             c.max_logprobs) == (4, 5, 6, 7, 9, 3)
     assert args.step_timeout == 2.5
     defaults = build_parser().parse_args(["serve"])
-    assert defaults.step_timeout == "auto" and server_config(defaults).shutdown_timeout_s == 60.0
+    assert defaults.step_timeout is None and server_config(defaults).shutdown_timeout_s == 60.0
     assert server_config(build_parser().parse_args(["serve", "--max-num-waiting-requests", "none"])) \
         .max_num_waiting_requests is None
 
@@ -57,7 +57,7 @@ def test_operations_flags_reach_the_server_config(tmp_path, monkeypatch):
 def test_bad_operations_flags_are_refused(capsys):
     import pytest
 
-    for argv in (["--max-num-waiting-requests", "-1"], ["--max-request-body-bytes", "0"], ["--step-timeout", "-2"]):
+    for argv in (["--max-num-waiting-requests", "-1"], ["--max-request-body-bytes", "0"]):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", *argv])
 

@@ -12,7 +12,7 @@ import npu_serve.worker.model_runner as model_runner
 from npu_serve.attention.torch_ref import TorchAttentionBackend
 from npu_serve.config import EngineConfig
 from npu_serve.device.cpu import CpuPlatform
-from npu_serve.worker.builder import build_engine_core
+from npu_serve.loader import load_engine
 from npu_serve.worker.memory_profile import MemoryProfile, dummy_batch
 
 MIB = 1 << 20
@@ -74,7 +74,7 @@ def test_profiling_forward_sizes_the_cache_before_it_is_allocated(monkeypatch, t
         return allocate(spec, num_blocks, device)
 
     monkeypatch.setattr(model_runner, "allocate_kv_caches", runner_cache)
-    core, facts, _ = build_engine_core(EngineConfig(model=str(tiny_llama_dir), device="cpu", dtype="float32",
+    core, facts, _ = load_engine(EngineConfig(model=str(tiny_llama_dir), device="cpu", dtype="float32",
                                                     max_num_batched_tokens=96, max_num_seqs=4))
     bytes_per_block = core.executor.spec.bytes_per_block
     expected = (int(0.9 * 64 * MIB) - 8 * MIB - 4 * MIB) // bytes_per_block

@@ -9,7 +9,7 @@ from transformers import LlamaConfig
 
 from npu_serve.config import EngineConfig
 from npu_serve.errors import DeviceUnavailable, UnsupportedModel
-from npu_serve.worker.builder import build_engine_core
+from npu_serve.loader import load_engine
 from tests.attention.fake_torch_npu import PROFILES, install_fake
 
 
@@ -52,7 +52,7 @@ def test_refused_before_any_weight_loads(tmp_path, monkeypatch, name):
     install_fake(monkeypatch, stack)
     model = _config_only(tmp_path, **overrides)
     with pytest.raises(error) as err:
-        build_engine_core(EngineConfig(model=model, device="npu", **settings))
+        load_engine(EngineConfig(model=model, device="npu", **settings))
     message = str(err.value)
     assert "\n" not in message, message
     for word in words:
@@ -69,5 +69,5 @@ def test_smollm2_geometry_passes_the_checks(tmp_path, monkeypatch):
     reached = []
     monkeypatch.setattr(npu_platform.NpuPlatform, "warm_up", lambda self: reached.append("warm_up") or 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        build_engine_core(EngineConfig(model=_config_only(tmp_path), device="npu"))
+        load_engine(EngineConfig(model=_config_only(tmp_path), device="npu"))
     assert reached == ["warm_up"] and fake.npu.device_calls == ["set_device(0)"]
