@@ -30,6 +30,9 @@ from npu_serve.server.protocol import (
 
 REF = "#/components/schemas/{model}"
 MAAS_PREFIX = "/v1/infers/{service_id}"
+_SERVICE_ID = {"name": "service_id", "in": "path", "required": True,
+               "description": "The MaaS service id (any value; not checked).",
+               "schema": {"type": "string", "pattern": "^[^/]+$"}}
 _MODELS = [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation"),
            (ChatCompletionResponse, "serialization"), (CompletionResponse, "serialization"),
            (ChatCompletionChunk, "serialization"), (CompletionChunk, "serialization"),
@@ -64,6 +67,14 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document.", {"200": {"description": "OpenAPI 3.1.", "content": {
             "application/json": {"schema": {"type": "object"}}}}})},
     }
+    # The playground's dashboard reads /metrics relative to its page; under the prefix, like all of /v1, behind the key.
+    paths[MAAS_PREFIX + "/metrics"] = {"get": _op("Prometheus metrics, as /metrics (for the playground under the "
+                                                  "prefix).", {
+        "200": paths["/metrics"]["get"]["responses"]["200"],
+        **({"401": _error("Missing or invalid API key.")} if keyed else {}),
+        "413": _error("Body over --max-request-body-bytes."),
+        "503": _error("Draining.", retry=True)}, secured=keyed)}
+    paths[MAAS_PREFIX + "/metrics"]["get"]["parameters"] = [_SERVICE_ID]
     api = {
         "/v1/models": {"get": _op("The served model.", {"200": _json("The one served model.", "ModelList"),
                                                           **_api_errors(keyed, generation=False)}, secured=keyed)},
@@ -77,9 +88,7 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
         prefixed = copy.deepcopy(item)
         for op in prefixed.values():
             op["operationId"] += "_maas"
-            op["parameters"] = [{"name": "service_id", "in": "path", "required": True,
-                                 "description": "The MaaS service id (any value; not checked).",
-                                 "schema": {"type": "string", "pattern": "^[^/]+$"}}]
+            op["parameters"] = [_SERVICE_ID]
         paths[MAAS_PREFIX + path] = prefixed
     for path, item in paths.items():
         for method, op in item.items():
