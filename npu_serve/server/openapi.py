@@ -30,6 +30,10 @@ from npu_serve.server.protocol import (
 
 REF = "#/components/schemas/{model}"
 MAAS_PREFIX = "/v1/infers/{service_id}"
+# One event of a stream (SSE-aware tools such as schemathesis check each event against the schema):
+# its `data` is a JSON chunk or `[DONE]`. {"type": "string"} here failed every event of a valid stream.
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
 _SERVICE_ID = {"name": "service_id", "in": "path", "required": True,
                "description": "The MaaS service id (any value; not checked).",
                "schema": {"type": "string", "pattern": "^[^/]+$"}}
@@ -209,7 +213,7 @@ def _generation(model: str, summary: str, keyed: bool) -> dict[str, Any]:
         "200": {"description": f"A {model}Response; with `stream: true` a text/event-stream of `data: <{chunk}>` "
                                "events ending with `data: [DONE]` (errors after the stream began come in-band).",
                 "content": {"application/json": {"schema": {"$ref": REF.format(model=f"{model}Response")}},
-                            "text/event-stream": {"schema": {"type": "string"}}}},
+                            "text/event-stream": {"schema": _SSE_EVENT}}},
         **_api_errors(keyed, generation=True)}, secured=keyed)
     op["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": {"$ref": REF.format(model=f"{model}Request")}}}}
