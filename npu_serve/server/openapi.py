@@ -76,6 +76,7 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
                                                   "prefix).", {
         "200": paths["/metrics"]["get"]["responses"]["200"],
         **({"401": _error("Missing or invalid API key.")} if keyed else {}),
+        "404": _error("Unknown path (a service id with a slash in it)."),
         "413": _error("Body over --max-request-body-bytes."),
         "503": _error("Draining.", retry=True)}, secured=keyed)}
     paths[MAAS_PREFIX + "/metrics"]["get"]["parameters"] = [_SERVICE_ID]

@@ -35,9 +35,9 @@ def test_the_document_loads_as_openapi_and_every_operation_answers_its_errors():
     for path, item in doc["paths"].items():
         for method, op in item.items():
             if path.startswith("/v1"):
-                assert {"401", "413", "503"} <= set(op["responses"]), (method, path)
+                assert {"401", "404", "413", "503"} <= set(op["responses"]), (method, path)
                 if not path.endswith("/metrics"):  # the playground's prefixed /metrics takes no input
-                    assert {"400", "404"} <= set(op["responses"]), (method, path)
+                    assert "400" in op["responses"], (method, path)
                 assert "Retry-After" in op["responses"]["503"]["headers"]
                 assert op["security"] == [{"bearer": []}]
             if method == "post":

@@ -88,6 +88,7 @@ def test_every_api_call_of_the_page_still_needs_the_key():
     for path in (PREFIX + "/playground/nope.js", PREFIX + "/playground/", PREFIX + "/x"):
         assert c.get(path).status_code == 401, path
     assert c.get("/playground/nope.js").status_code == 404
+    assert c.get("/playground/index.html").status_code == 404  # the page only where its relative URLs work
     assert c.post("/", json={}).status_code in (404, 405)
     assert c.post(PREFIX + "/", json={}).status_code == 401
 

@@ -51,7 +51,10 @@ class PlaygroundMiddleware:
             await _respond(send, 308, b"", [(b"location", (path + "/").encode("latin-1"))])
             return
         m = _PAGE.match(path)
-        name = (m.group("file") or "index.html") if m else None
+        name = None
+        # The page only at its own path: under playground/ its relative URLs would point wrong.
+        if m and m.group("file") != "index.html":
+            name = m.group("file") or "index.html"
         body = static_files().get(name) if name else None
         if body is None:
             await self.app(scope, receive, send)
