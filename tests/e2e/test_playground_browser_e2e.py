@@ -265,7 +265,7 @@ def _check_promtext(page, server) -> None:
 
 def test_phone_width_under_the_maas_prefix(browser, smol_server):  # noqa: F811
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                  has_touch=True)
+                                  has_touch=True, color_scheme="dark")  # the dark theme gets its screenshot too
     page = context.new_page()
     api_calls: list[str] = []
     page.on("request", lambda r: api_calls.append(r.url) if r.resource_type == "fetch" else None)
@@ -279,6 +279,7 @@ def test_phone_width_under_the_maas_prefix(browser, smol_server):  # noqa: F811
     assert "usage:" in last_answer(page).locator(".meta").inner_text()
     page.wait_for_function("() => document.getElementById('f-model').textContent !== '–'", timeout=10_000)
     assert page.inner_text("#dash-status") == ""  # /metrics under the prefix, with the key
+    page.wait_for_function("() => document.getElementById('m-running').textContent === '0'", timeout=10_000)
     width = page.evaluate("() => document.documentElement.scrollWidth")
     assert width <= 390, width  # nothing sticks out sideways
     box = page.locator("#send").bounding_box()
