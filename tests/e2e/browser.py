@@ -8,6 +8,7 @@ Screenshots go to $NPU_SERVE_SCREENSHOTS, else tests/e2e/artifacts/playground/ (
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from pathlib import Path
@@ -30,7 +31,9 @@ def chromium_path() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Module scope, never session: between its calls Playwright's sync API leaves its asyncio loop marked
+# as running in the main thread, so every later test that calls asyncio.run() would fail until stop().
+@pytest.fixture(scope="module")
 def browser():
     try:
         from playwright.sync_api import sync_playwright
@@ -48,6 +51,7 @@ def browser():
     yield b
     b.close()
     pw.stop()
+    asyncio.run(asyncio.sleep(0))  # the loop is released: the tests after this module may use asyncio.run()
 
 
 def screenshot(page, name: str, full_page: bool = False) -> Path:

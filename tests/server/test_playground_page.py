@@ -67,8 +67,12 @@ def test_page_and_its_files_are_served_without_a_key_at_the_root_and_under_the_p
 
 
 def test_the_bare_prefix_redirects_to_the_slash_form_the_relative_urls_need():
-    r = client(api_keys=(KEY,)).get(PREFIX)
+    c = client(api_keys=(KEY,))
+    r = c.get(PREFIX)
     assert r.status_code == 308 and r.headers["location"] == PREFIX + "/"
+    # An id that decodes to what no header may carry stays percent-encoded in the Location.
+    r = c.get("/v1/infers/%E6%9C%8D%0D%0Ax")
+    assert r.status_code == 308 and r.headers["location"] == "/v1/infers/%E6%9C%8D%0D%0Ax/"
 
 
 def test_every_api_call_of_the_page_still_needs_the_key():

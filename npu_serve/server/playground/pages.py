@@ -48,7 +48,9 @@ class PlaygroundMiddleware:
             return
         path = scope.get("path", "")
         if _BARE_PREFIX.match(path):
-            await _respond(send, 308, b"", [(b"location", (path + "/").encode("latin-1"))])
+            # The path as sent (still percent-encoded): a decoded id could hold what no header may.
+            raw = scope.get("raw_path") or path.encode("utf-8")
+            await _respond(send, 308, b"", [(b"location", raw.split(b"?", 1)[0] + b"/")])
             return
         m = _PAGE.match(path)
         name = None
