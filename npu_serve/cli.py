@@ -37,10 +37,59 @@ def _add_serve_parser(subparsers) -> None:
     sec.add_argument("--moderation-words", default=None, metavar="FILE", help="one sensitive term per line")
     sec.add_argument("--no-moderation", action="store_true", help="turn content moderation off")
     sec.add_argument("--moderation-hook", default=None, metavar="MODULE:FUNCTION")
-    p.add_argument("--graceful-shutdown-timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="on SIGTERM, stop accepting requests and give running ones this long to finish")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_operations_flags(p)
     p.set_defaults(func=_serve)
+
+
+def _limit(text: str) -> int | None:
+    """A non-negative integer, or none/off for no limit."""
+    if text.lower() in ("none", "off"):
+        return None
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or none), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _add_operations_flags(p: argparse.ArgumentParser) -> None:
+    """Server-side settings (ServerConfig), hand-written; engine flags come from the engine's config."""
+    from npu_serve.server.caps import RequestCaps
+    from npu_serve.server.config import ServerConfig
+
+    d, caps = ServerConfig(), RequestCaps()
+    ops = p.add_argument_group("operations", "admission, limits, drain, watchdog, metrics, TLS and logs "
+                               "(README: Operations)")
+    ops.add_argument("--max-num-waiting-requests", type=_limit, default=d.max_num_waiting_requests, metavar="N",
+                     help="refuse new requests with 503 + Retry-After while N requests wait (none: no limit; "
+                          f"default {d.max_num_waiting_requests})")
+    ops.add_argument("--max-num-waiting-tokens", type=_limit, default=d.max_num_waiting_tokens, metavar="N",
+                     help="refuse new requests with 503 + Retry-After while N prompt tokens wait (default: none)")
+    ops.add_argument("--max-request-body-bytes", type=_positive_int, default=d.max_request_body_bytes, metavar="N",
+                     help=f"413 for larger request bodies (default {d.max_request_body_bytes})")
+    ops.add_argument("--max-n", type=_positive_int, default=caps.max_n, metavar="N", help="cap on n and best_of")
+    ops.add_argument("--max-stop-strings", type=_positive_int, default=caps.max_stop_strings, metavar="N")
+    ops.add_argument("--max-stop-string-chars", type=_positive_int, default=caps.max_stop_string_chars, metavar="N")
+    ops.add_argument("--max-messages", type=_positive_int, default=caps.max_messages, metavar="N")
+    ops.add_argument("--max-logit-bias-entries", type=_positive_int, default=caps.max_logit_bias_entries, metavar="N")
+    ops.add_argument("--max-logprobs", type=_positive_int, default=caps.max_logprobs, metavar="N",
+                     help="cap on logprobs, top_logprobs and prompt_logprobs")
+    ops.add_argument("--shutdown-timeout", "--graceful-shutdown-timeout", dest="shutdown_timeout", type=float,
+                     default=d.shutdown_timeout_s, metavar="SECONDS",
+                     help="on SIGTERM/SIGINT, running requests get this long before they end with finish_reason "
+                          f"abort (default {d.shutdown_timeout_s:g}); a second signal stops at once")
+    ops.add_argument("--metrics-require-key", action="store_true", help="/metrics needs an API key (default: open)")
+    ops.add_argument("--log-requests", action="store_true",
+                     help="log prompt and output text of every request (never API keys)")
+    ops.add_argument("--ssl-keyfile", default=None, metavar="FILE", help="TLS private key (PEM); with --ssl-certfile")
+    ops.add_argument("--ssl-certfile", default=None, metavar="FILE", help="TLS certificate chain (PEM)")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -65,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from npu_serve.server.app import build_app
+    from npu_serve.server.signals import DrainingServer
 
     config = server_config(args)
 
@@ -74,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
         return AsyncEngine.from_config(engine_config)
 
     fatal: list[str] = []
-    server: uvicorn.Server | None = None
+    server: DrainingServer | None = None
 
     def on_fatal(message: str) -> None:
         fatal.append(message)
@@ -82,19 +132,34 @@ def _serve(args: argparse.Namespace) -> int:
             server.should_exit = True
 
     app = build_app(engine_factory, config, on_fatal=on_fatal)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                           timeout_graceful_shutdown=args.graceful_shutdown_timeout))
-    print(f"npu-serve: listening on http://{args.host}:{args.port} (GET /health turns 200 once the model is ready)",
-          flush=True)
+    server = DrainingServer(uvicorn_config(args, app), app.state.server.drain)
+    scheme = "https" if args.ssl_certfile else "http"
+    print(f"npu-serve: listening on {scheme}://{args.host}:{args.port} (GET /health turns 200 once the model is "
+          "ready)", flush=True)
     server.run()
     if fatal:
         print(f"npu-serve: {fatal[0]}", file=sys.stderr)
         return 1
+    if server.forced:
+        print("npu-serve: stopped by a second signal before the drain finished", file=sys.stderr)
+        return 1
     return 0
+
+
+def uvicorn_config(args: argparse.Namespace, app):
+    """uvicorn's settings for `serve`. Its own graceful timeout only backs up our drain (drain.py),
+    which lets uvicorn stop once no request is left."""
+    import uvicorn
+
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        raise SystemExit("npu-serve: --ssl-keyfile and --ssl-certfile go together")
+    return uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5,
+                          ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile)
 
 
 def server_config(args: argparse.Namespace):
     """The ServerConfig that `serve`'s flags ask for (reads the --chat-template file)."""
+    from npu_serve.server.caps import RequestCaps
     from npu_serve.server.config import ServerConfig
 
     chat_template = None
@@ -105,7 +170,13 @@ def server_config(args: argparse.Namespace):
         served_model_name=args.served_model_name, chat_template=chat_template,
         reasoning_parser=args.reasoning_parser, keys_db=resolve_keys_db(args.keys_db), api_keys=tuple(args.api_key),
         moderation=not args.no_moderation, moderation_words=args.moderation_words,
-        moderation_hook=args.moderation_hook, accept_unknown_fields=args.accept_unknown_fields)
+        moderation_hook=args.moderation_hook, accept_unknown_fields=args.accept_unknown_fields,
+        max_num_waiting_requests=args.max_num_waiting_requests, max_num_waiting_tokens=args.max_num_waiting_tokens,
+        max_request_body_bytes=args.max_request_body_bytes, shutdown_timeout_s=args.shutdown_timeout,
+        metrics_require_key=args.metrics_require_key, log_requests=args.log_requests,
+        caps=RequestCaps(max_n=args.max_n, max_stop_strings=args.max_stop_strings,
+                         max_stop_string_chars=args.max_stop_string_chars, max_messages=args.max_messages,
+                         max_logit_bias_entries=args.max_logit_bias_entries, max_logprobs=args.max_logprobs))
 
 
 def resolve_keys_db(given: str | None) -> str | None:

@@ -70,6 +70,9 @@ class EngineConfig:
     distributed_timeout: float = option(300.0, "seconds a collective may take before the engine gives up on the "
                                         "ranks, fails its requests and stops (joining at start waits at least 180 s)",
                                         metavar="SECONDS")
+    step_timeout: float | None = option(None, "an engine step running longer turns /health 503 and fails waiting "
+                                        "requests with 503 (0: off; default: off on CPU, 120 s on NPU/CUDA)",
+                                        metavar="SECONDS")
 
     def __post_init__(self) -> None:
         def positive(name: str, value: int | None) -> None:
@@ -83,6 +86,9 @@ class EngineConfig:
             raise InvalidParameter("num_kv_blocks", "num_kv_blocks must be at least 2 (block 0 is reserved)")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:
             raise InvalidParameter("kv_cache_memory_fraction", "kv_cache_memory_fraction must be in (0, 1]")
+        if self.step_timeout is not None and not self.step_timeout >= 0:
+            raise InvalidParameter("step_timeout", "step_timeout must be 0 (off) or positive seconds, "
+                                   f"got {self.step_timeout!r}")
         if self.attention_backend is not None and self.attention_backend not in _attention_backends():
             raise InvalidParameter("attention_backend", f"unknown attention backend {self.attention_backend!r}; "
                                    f"choose one of {', '.join(_attention_backends())}")

@@ -56,3 +56,5 @@ class RequestOutput:
     prompt_logprobs: list[dict[int, Logprob] | None] | None = None
     num_cached_tokens: int = 0
     error: str | None = field(default=None)  # set when finish_reason is "error"
+    # Seconds from the engine receiving the request to its first schedule (None until scheduled).
+    queue_time: float | None = None

@@ -59,6 +59,7 @@ def test_distributed_and_backend_flags():
     ({"attention_backend": "flash"}, "attention_backend", "choose one of"),
     ({"distributed_timeout": 0}, "distributed_timeout", "positive"),
     ({"tensor_parallel_size": 0}, "tensor_parallel_size", "positive integer"),
+    ({"step_timeout": -2.0}, "step_timeout", "0 (off) or positive seconds"),
 ])
 def test_bad_values_are_refused_naming_the_option(kwargs, param, words):
     with pytest.raises(InvalidParameter) as err:

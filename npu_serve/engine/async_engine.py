@@ -18,6 +18,7 @@ stuck inside a step), every waiting request gets EngineDeadError, `is_healthy` t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -27,6 +28,7 @@ from typing import AsyncIterator
 from npu_serve.config import EngineConfig, EngineFacts, engine_options
 from npu_serve.engine.client import EngineStats
 from npu_serve.engine.engine_core import EngineCore
+from npu_serve.engine.watchdog import StepWatchdog, resolve_step_timeout
 from npu_serve.errors import EngineDeadError, InvalidParameter
 from npu_serve.outputs import RequestOutput
 from npu_serve.sampling_params import SamplingParams
@@ -82,6 +84,10 @@ class AsyncEngine:
         self._lock = threading.Lock()
         self._stopping = False
         self.dead_error: BaseException | None = None
+        # Queue accounting for stats(): requests put in the inbox (counted on the event loop) and
+        # taken out (on the engine thread); each counter has one writer, so no lock is needed.
+        self._inbox_in = self._inbox_in_tokens = self._inbox_out = self._inbox_out_tokens = 0
+        self.watchdog = StepWatchdog(resolve_step_timeout(config.step_timeout, facts.device), self._on_stuck)
         self._thread = threading.Thread(target=self._run, name="npu-serve-engine", daemon=True)
         core.executor.watch(self._on_executor_dead)
         self._thread.start()
@@ -98,7 +104,15 @@ class AsyncEngine:
         return None if self._thread.is_alive() else "the engine loop has stopped"
 
     def stats(self) -> EngineStats:
-        return self.core.stats(self.facts.tensor_parallel_size)
+        """Read without locking (each number may be a step old). `waiting` and `waiting_tokens`
+        include requests still in the inbox, so admission sees them at once; a request moving from
+        the inbox to the queue may briefly count twice, never zero times."""
+        stats = self.core.stats(self.facts.tensor_parallel_size)
+        buckets, step_sum = self.watchdog.histogram()
+        return dataclasses.replace(
+            stats, waiting=stats.waiting + max(0, self._inbox_in - self._inbox_out),
+            waiting_tokens=stats.waiting_tokens + max(0, self._inbox_in_tokens - self._inbox_out_tokens),
+            step_seconds_buckets=buckets, step_seconds_sum=step_sum)
 
     def kv_cache_usage(self) -> tuple[int, int]:
         """(blocks in use, usable blocks): a shortcut to stats()."""
@@ -116,6 +130,8 @@ class AsyncEngine:
             if request_id in self._mailboxes:
                 raise InvalidParameter("request_id", f"request id {request_id!r} is already in use")
             self._mailboxes[request_id] = box
+        self._inbox_in_tokens += len(parent.prompt_token_ids)
+        self._inbox_in += 1  # before the put: never counted as out before it was in
         self._inbox.put(("add", parent))
         if self.dead_error is not None:  # died between the health check and registering the mailbox
             with self._lock:
@@ -137,6 +153,7 @@ class AsyncEngine:
         self._inbox.put(("abort", request_id))
 
     async def shutdown(self) -> None:
+        self.watchdog.stop()
         self._stopping = True
         self._inbox.put(("stop", None))
         # A dead engine's thread may be stuck in a step that will never finish: do not wait long for it.
@@ -147,18 +164,30 @@ class AsyncEngine:
     def _run(self) -> None:
         core = self.core
         try:
-            while not self._stopping:
+            while not self._stopping and self.dead_error is None:
                 self._drain_inbox(block=not core.has_unfinished)
                 if self._stopping:
                     break
                 if core.has_unfinished:
-                    self._publish(core.step())
+                    with self.watchdog.step():
+                        outputs = core.step()
+                    if self.dead_error is not None:  # the watchdog gave up on this step meanwhile
+                        break
+                    self._publish(outputs)
         except BaseException as exc:  # the loop itself broke: nothing can make progress any more
             logger.exception("engine loop died")
             self._fail_all(exc if isinstance(exc, EngineDeadError) else EngineDeadError(f"engine loop died: {exc!r}"))
             core.executor.shutdown()
         else:  # shut down: whoever still waits gets an answer instead of hanging
             self._fail_all(EngineDeadError("the engine was shut down"))
+        finally:
+            self.watchdog.stop()
+
+    def _on_stuck(self, seconds: float) -> None:  # on the watchdog thread
+        message = (f"the engine is stuck: one step has run for {seconds:.1f} s "
+                   f"(step timeout {self.watchdog.timeout_s:g} s)")
+        logger.error("%s; failing every waiting request", message)
+        self._fail_all(EngineDeadError(message))
 
     def _on_executor_dead(self, reason: str) -> None:  # any thread
         logger.error("the engine's workers are gone: %s", reason)
@@ -182,10 +211,13 @@ class AsyncEngine:
             item = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
             return
+        added = added_tokens = 0
         while True:
             kind, payload = item
             if kind == "add":
                 self.core.add(payload)
+                added += 1
+                added_tokens += len(payload.prompt_token_ids)
             elif kind == "abort":
                 out = self.core.abort(payload)
                 if out is not None:
@@ -195,7 +227,10 @@ class AsyncEngine:
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
-                return
+                break
+        # Counted out of the inbox only once in the queue: briefly twice, never zero times.
+        self._inbox_out_tokens += added_tokens
+        self._inbox_out += added
 
     def _publish(self, outputs: list[RequestOutput]) -> None:
         with self._lock:

@@ -114,6 +114,7 @@ class BeamGroup:
         self.search = search
         self.num_outputs = num_outputs
         self.live: list[Request] = [leader]
+        self.leader = leader  # the first beam: its arrival and first schedule are the request's
         self.started = False
         self._candidates: dict[str, list[tuple[int, float]]] = {}
         self._next_id = 1

@@ -26,6 +26,12 @@ class EngineStats:
     prefix_hit_tokens: int  # prompt tokens whose KV came from the prefix cache
     num_steps: int  # forward steps run
     tensor_parallel_size: int = 1
+    # Added by issue 13 (admission and /metrics); optional, so an engine that cannot tell leaves them.
+    waiting_tokens: int = 0  # tokens still to compute of the waiting sequences (the admission budget)
+    prefix_query_tokens: int = 0  # prompt tokens looked up in the prefix cache (hits are part of them)
+    num_step_errors: int = 0  # forward steps that raised (their requests failed; the engine went on)
+    step_seconds_buckets: tuple[tuple[float, int], ...] = ()  # (upper bound, cumulative count); inf last
+    step_seconds_sum: float = 0.0
 
     @property
     def kv_cache_usage(self) -> float:

@@ -50,6 +50,7 @@ class EngineCore:
         self.eos_token_ids = eos_token_ids
         self.outputs = OutputProcessor(tokenizer)
         self.max_model_len = scheduler_config.max_model_len
+        self.num_step_errors = 0  # steps whose forward raised (for /metrics)
         self.num_steps = 0
 
     # -- intake -----------------------------------------------------------------------------------
@@ -110,11 +111,15 @@ class EngineCore:
         return self.scheduler.has_unfinished
 
     def stats(self, tensor_parallel_size: int = 1) -> EngineStats:
+        """Safe to call from another thread while the engine steps: every number may be a step old."""
         s = self.scheduler
-        return EngineStats(running=len(s.running), waiting=len(s.waiting), kv_blocks_used=s.kv.num_used_blocks(),
+        queued = list(s.waiting)  # one C-level copy under the GIL: safe while the engine thread runs
+        return EngineStats(running=len(s.running), waiting=len(queued), kv_blocks_used=s.kv.num_used_blocks(),
                            kv_blocks_total=s.kv.pool.num_usable_blocks, num_preemptions=s.num_preemptions,
                            prefix_hit_tokens=s.num_prefix_hit_tokens, num_steps=self.num_steps,
-                           tensor_parallel_size=tensor_parallel_size)
+                           tensor_parallel_size=tensor_parallel_size,
+                           waiting_tokens=sum(r.num_tokens - r.num_computed_tokens for r in queued),
+                           prefix_query_tokens=s.num_prefix_query_tokens, num_step_errors=self.num_step_errors)
 
     # -- the step ---------------------------------------------------------------------------------
     def step(self, want_snapshots: bool = True) -> list[RequestOutput]:
@@ -131,6 +136,7 @@ class EngineCore:
             raise
         except Exception as exc:  # a failed forward fails the requests in it, not the server
             logger.exception("engine step failed")
+            self.num_step_errors += 1
             return self._fail(so, f"{type(exc).__name__}: {exc}")
         # Before update(): a request that ends in it leaves the scheduler, its parent stays until reported.
         for rid, (start, logprobs) in result.prompt_logprobs.items():

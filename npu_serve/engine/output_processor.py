@@ -142,7 +142,10 @@ class OutputProcessor:
         finished = parent.finished
         if finished:
             self.parents.pop(parent.request_id, None)
-        first = parent.children[0] if parent.children else None
+        first = parent.children[0] if parent.children else parent.beam.leader if parent.beam is not None else None
+        queue_time = None
+        if first is not None and first.first_scheduled_time is not None:
+            queue_time = max(0.0, first.first_scheduled_time - first.arrival_time)
         return RequestOutput(
             request_id=parent.request_id,
             prompt=parent.prompt,
@@ -152,4 +155,5 @@ class OutputProcessor:
             prompt_logprobs=list(parent.prompt_logprobs) if parent.prompt_logprobs is not None else None,
             num_cached_tokens=max(0, first.num_cached_tokens) if first is not None else 0,
             error=parent.error if parent.error is not None and finished else None,
+            queue_time=queue_time,
         )

@@ -43,6 +43,7 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = -1  # prefix-cache hit at first schedule; -1 until scheduled
     num_preemptions: int = 0
+    first_scheduled_time: float | None = None  # monotonic, like arrival_time; for the queue time
     status: RequestStatus = RequestStatus.WAITING
     finish_reason: FinishReason | None = None
     stop_reason: int | str | None = None

@@ -18,6 +18,7 @@ the live requests in it; `update()` applies the sampled tokens of that step.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -67,6 +68,7 @@ class Scheduler:
         # Statistics, in tokens and events, for tests, benchmarks and /metrics.
         self.num_preemptions = 0
         self.num_prefix_hit_tokens = 0
+        self.num_prefix_query_tokens = 0  # tokens looked up; hits are a part of them (as vLLM counts)
 
     # -- intake and exits -------------------------------------------------------------------------
     def add_request(self, req: Request, followers: list[Request] = ()) -> None:
@@ -182,16 +184,19 @@ class Scheduler:
         while self.waiting and budget > 0 and self._seats_for(self.waiting[0]):
             req = self.waiting[0]
             hits, num_hit = self.kv.get_computed_blocks(req)
+            queried = self.kv.enable_prefix_caching
             if req.sampling_params.prompt_logprobs is not None and req.num_output_tokens == 0:
-                hits, num_hit = [], 0  # every prompt position must run through lm_head
+                hits, num_hit, queried = [], 0, False  # every prompt position must run through lm_head
             num_new = min(req.num_tokens - num_hit, budget)
             if not self.kv.allocate_slots(req, num_new, hits):
                 break
             self.waiting.popleft()
             req.num_computed_tokens = num_hit
-            if req.num_cached_tokens < 0:
+            if req.num_cached_tokens < 0:  # scheduled for the first time
                 req.num_cached_tokens = num_hit
+                req.first_scheduled_time = time.monotonic()
             self.num_prefix_hit_tokens += num_hit
+            self.num_prefix_query_tokens += req.num_tokens if queried else 0
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             chosen.append((req, num_hit, num_new))

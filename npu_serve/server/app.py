@@ -7,7 +7,11 @@ So is an engine that dies while serving (a tensor-parallel rank gone, the loop b
 answers 503 at once, running requests end with an error, and `on_fatal` follows DEAD_EXIT_DELAY_S
 later, so load balancers and streams see the failure before the socket closes.
 
-The server knows the engine only as an `EngineClient` (engine/client.py).
+`/health` is also 503 while draining (drain.py) and once the engine got stuck (the step watchdog).
+
+Middleware, outermost first: GateMiddleware (body size, drain, admission, refusal counts), then
+the API-key check, then the routes. The server knows the engine only as an `EngineClient`
+(engine/client.py).
 """
 
 from __future__ import annotations
@@ -27,7 +31,10 @@ from npu_serve.server.chat import create_chat_completion
 from npu_serve.server.completions import create_completion
 from npu_serve.server.config import ServerConfig
 from npu_serve.server.errors import EXCEPTION_HANDLERS
+from npu_serve.server.gate import GateMiddleware
+from npu_serve.server.metrics import CONTENT_TYPE, engine_info, package_version
 from npu_serve.server.models import list_models
+from npu_serve.server.openapi import openapi_document
 from npu_serve.server.serving import ServerState, server_state
 
 logger = logging.getLogger(__name__)
@@ -43,6 +50,8 @@ async def health(request: Request) -> Response:
     state = server_state(request)
     if state.load_error is not None:
         return JSONResponse({"status": "error", "message": state.load_error}, status_code=503)
+    if state.drain.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     if not state.ready:
         return JSONResponse({"status": "loading"}, status_code=503)
     if not state.engine.is_healthy:
@@ -52,14 +61,17 @@ async def health(request: Request) -> Response:
 
 
 async def version(request: Request) -> JSONResponse:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as pkg_version
+    """The package version, and once loaded the engine's static facts (model, device, dtype,
+    max_model_len, block size, KV blocks, tensor parallel size) for dashboards and the playground."""
+    return JSONResponse({"version": package_version(), **engine_info(server_state(request))})
 
-    try:
-        v = pkg_version("npu-serve")
-    except PackageNotFoundError:
-        v = "0.0.0+local"
-    return JSONResponse({"version": v})
+
+async def metrics(request: Request) -> Response:
+    return Response(server_state(request).metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.state.openapi)
 
 
 def _routes() -> list[Route]:
@@ -68,7 +80,8 @@ def _routes() -> list[Route]:
         ("/v1/chat/completions", create_chat_completion, ["POST"]),
         ("/v1/completions", create_completion, ["POST"]),
     ]
-    routes = [Route("/health", health, methods=["GET"]), Route("/version", version, methods=["GET"])]
+    routes = [Route("/health", health, methods=["GET"]), Route("/version", version, methods=["GET"]),
+              Route("/metrics", metrics, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"])]
     for path, endpoint, methods in api:
         routes.append(Route(path, endpoint, methods=methods))
         # MaaS's per-service prefix: base_url = https://HOST/v1/infers/<service-uuid>/v1
@@ -127,10 +140,13 @@ def _security(app: Starlette, state: ServerState) -> None:
 
         verifier = KeyVerifier.from_config(cfg.keys_db, list(cfg.api_keys))
         if verifier is not None:
-            app.add_middleware(ApiKeyAuthMiddleware, verifier=verifier)
+            extra = ("/metrics",) if cfg.metrics_require_key else ()
+            app.add_middleware(ApiKeyAuthMiddleware, verifier=verifier, extra_paths=extra)
         else:
             logger.warning("auth is off: no API keys configured")
     else:
+        if cfg.metrics_require_key:
+            raise ValueError("--metrics-require-key needs API keys (--api-key or --keys-db)")
         logger.warning("auth is off: no --keys-db or --api-key given; every client is served")
     if cfg.moderation:
         try:
@@ -170,5 +186,7 @@ def build_app(engine: EngineOrFactory, config: ServerConfig | None = None,
 
     app = Starlette(routes=_routes(), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.server = state
+    app.state.openapi = openapi_document(state.config)
     _security(app, state)
+    app.add_middleware(GateMiddleware, state=state)  # added last: outermost
     return app

@@ -7,8 +7,10 @@ app: its body is not read and no engine work starts.
 Protected: every path that starts with ``/v1`` (the root routes and the MaaS prefix
 ``/v1/infers/<uuid>/v1/...``); leading slashes are collapsed and case ignored, so ``//v1`` or ``/V1``
 can't slip past should a router ever accept them. Open: everything else, notably ``/health`` and
-``/version``. A missing or wrong key gets 401 with vLLM's flat error body, which the openai SDK turns
-into ``AuthenticationError``.
+``/version``; ``/metrics`` too, unless ``--metrics-require-key`` (``extra_paths``). A missing or
+wrong key gets 401 with vLLM's flat error body, which the openai SDK turns into
+``AuthenticationError``. An accepted key's public id (never the key) is left in the scope's state
+under ``KEY_ID_STATE`` for the request log.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ import re
 from npu_serve.server.keys import KeyVerifier
 
 _PROTECTED = re.compile(r"^/+v1", re.IGNORECASE)
+KEY_ID_STATE = "api_key_id"
 
 
-def is_protected(path: str) -> bool:
-    return bool(_PROTECTED.match(path))
+def is_protected(path: str, extra_paths: tuple[str, ...] = ()) -> bool:
+    if _PROTECTED.match(path):
+        return True
+    normal = "/" + path.lstrip("/").lower().rstrip("/")
+    return normal in extra_paths
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -43,16 +49,19 @@ def _error_body(message: str) -> bytes:
 
 
 class ApiKeyAuthMiddleware:
-    def __init__(self, app, verifier: KeyVerifier):
+    def __init__(self, app, verifier: KeyVerifier, extra_paths: tuple[str, ...] = ()):
         self.app = app
         self.verifier = verifier
+        self.extra_paths = tuple(extra_paths)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] not in ("http", "websocket") or not is_protected(scope.get("path", "")):
+        if scope["type"] not in ("http", "websocket") or not is_protected(scope.get("path", ""), self.extra_paths):
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope.get("headers") or [])
-        if token is not None and self.verifier.verify(token):
+        key_id = self.verifier.identify(token) if token is not None else None
+        if key_id is not None:
+            scope.setdefault("state", {})[KEY_ID_STATE] = key_id
             await self.app(scope, receive, send)
             return
         if scope["type"] == "websocket":

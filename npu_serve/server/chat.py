@@ -16,6 +16,7 @@ from npu_serve.errors import InvalidParameter
 from npu_serve.outputs import RequestOutput
 from npu_serve.server import logprobs as lp
 from npu_serve.server import params as P
+from npu_serve.server.caps import check_caps
 from npu_serve.server.chunks import ChatStreamBuilder, StreamSettings
 from npu_serve.server.protocol import (
     ChatCompletionChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, usage,
@@ -89,6 +90,7 @@ async def create_chat_completion(request: Request) -> Response:
     engine = state.require_engine()
     check_model(state, req.model)
     P.check_request(req)
+    check_caps(req, state.config.caps)
     messages, prompt_ids = build_prompt(state, req)
     if state.moderator is not None and state.moderator.check("\n".join(m["content"] for m in messages)):
         return moderation_refusal()
@@ -132,4 +134,5 @@ async def create_chat_completion(request: Request) -> Response:
                                       prompt_logprobs=lp.prompt_logprobs(final.prompt_logprobs, engine.tokenizer))
         return JSONResponse(body.model_dump())
 
-    return await run_request(request, engine, prompt_ids, params, request_id, req.stream, make_builder, make_response)
+    return await run_request(request, engine, prompt_ids, params, request_id, req.stream, make_builder, make_response,
+                             response_id=response_id)

@@ -11,6 +11,7 @@ from npu_serve.errors import InvalidParameter
 from npu_serve.outputs import RequestOutput
 from npu_serve.server import logprobs as lp
 from npu_serve.server import params as P
+from npu_serve.server.caps import check_caps
 from npu_serve.server.chunks import CompletionStreamBuilder, StreamSettings
 from npu_serve.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse, usage
 from npu_serve.server.serving import (
@@ -49,6 +50,7 @@ async def create_completion(request: Request) -> Response:
     engine = state.require_engine()
     check_model(state, req.model)
     P.check_request(req)
+    check_caps(req, state.config.caps)
     if req.echo and req.logprobs is not None:
         raise InvalidParameter("echo", "echo together with logprobs is not supported by this server.")
     text, prompt_ids = build_prompt(state, req)
@@ -85,4 +87,5 @@ async def create_completion(request: Request) -> Response:
                                   usage=usage(len(final.prompt_token_ids), completion_tokens))
         return JSONResponse(body.model_dump())
 
-    return await run_request(request, engine, prompt_ids, params, request_id, req.stream, make_builder, make_response)
+    return await run_request(request, engine, prompt_ids, params, request_id, req.stream, make_builder, make_response,
+                             response_id=response_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from npu_serve.server.caps import RequestCaps
+
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 
 
@@ -36,6 +38,17 @@ class ServerConfig:
     # A request field in no row of docs/api-fields.md is a 400 (vLLM 0.6.0, the 909 contract);
     # True drops it with a logged warning instead, as current vLLM does.
     accept_unknown_fields: bool = False
+    # Operations (issue 13; README "Operations"). Admission: a generation request is refused with 503
+    # + Retry-After while the engine's queue holds this many requests / prompt tokens (None: no limit).
+    max_num_waiting_requests: int | None = 512
+    max_num_waiting_tokens: int | None = None
+    retry_after_s: int = 1
+    max_request_body_bytes: int = 8 * 1024 * 1024  # 413 beyond, checked before the body is buffered
+    caps: RequestCaps = field(default_factory=RequestCaps)
+    # Graceful drain on SIGTERM/SIGINT: running requests get this long, then end with "abort".
+    shutdown_timeout_s: float = 60.0
+    metrics_require_key: bool = False  # /metrics is open (like /health) unless this is set
+    log_requests: bool = False  # prompt and output text in the log (never keys)
 
     def __post_init__(self) -> None:
         if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
@@ -46,4 +59,14 @@ class ServerConfig:
             raise ValueError("default_chat_max_tokens must be at least 1")
         if self.default_temperature < 0:
             raise ValueError("default_temperature must be non-negative")
+        for name in ("max_num_waiting_requests", "max_num_waiting_tokens"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+        if self.retry_after_s < 0:
+            raise ValueError("retry_after_s must be non-negative")
+        if self.max_request_body_bytes < 1:
+            raise ValueError("max_request_body_bytes must be at least 1")
+        if self.shutdown_timeout_s < 0:
+            raise ValueError("shutdown_timeout_s must be non-negative")
         object.__setattr__(self, "api_keys", tuple(self.api_keys))

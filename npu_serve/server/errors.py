@@ -27,6 +27,7 @@ _TYPES = {
     403: "PermissionDeniedError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
     500: "InternalServerError",
     503: "ServiceUnavailableError",
 }
@@ -48,8 +49,21 @@ def error_body(status: int, message: str, param: str | None = None, err_type: st
     return {"object": "error", "message": err.message, "type": err.err_type, "param": err.param, "code": status}
 
 
-def error_response(err: APIError) -> JSONResponse:
-    return JSONResponse(error_body(err.status, err.message, err.param, err.err_type), status_code=err.status)
+def error_response(err: APIError, retry_after_s: int = 1) -> JSONResponse:
+    """The flat body; a 503 says when to retry (load balancers and the openai SDK read Retry-After),
+    a 413 closes the connection (the unread rest of the body must not be parsed as a request)."""
+    headers = {}
+    if err.status == 503:
+        headers["Retry-After"] = str(retry_after_s)
+    elif err.status == 413:
+        headers["Connection"] = "close"
+    return JSONResponse(error_body(err.status, err.message, err.param, err.err_type), status_code=err.status,
+                        headers=headers)
+
+
+def _retry_after(request: Request) -> int:
+    state = getattr(request.app.state, "server", None)
+    return state.config.retry_after_s if state is not None else 1
 
 
 def streaming_error_data(err: APIError) -> str:
@@ -70,17 +84,20 @@ def as_api_error(exc: BaseException) -> APIError:
 
 
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    return error_response(as_api_error(exc))
+    return error_response(as_api_error(exc), _retry_after(request))
 
 
 async def _http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return error_response(APIError(exc.status_code, str(exc.detail)))
+    response = error_response(APIError(exc.status_code, str(exc.detail)), _retry_after(request))
+    for name, value in (exc.headers or {}).items():  # e.g. Allow on a 405
+        response.headers[name] = value
+    return response
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error in %s %s", request.method, request.url.path)
-    return error_response(as_api_error(exc))
+    return error_response(as_api_error(exc), _retry_after(request))
 
 
 EXCEPTION_HANDLERS = {

@@ -226,14 +226,28 @@ class KeyVerifier:
         return cls(KeyStore(keys_db) if keys_db is not None else None, api_keys)
 
     def verify(self, presented: str | None) -> bool:
+        return self.identify(presented) is not None
+
+    def identify(self, presented: str | None) -> str | None:
+        """The valid key's public id (for logs and metrics), or None if the key is not valid: a key
+        from the store is named by its prefix ``nps-<id>`` (public by design), the n-th
+        ``--api-key`` by ``api-key-<n>``. Neither reveals anything of the secret."""
         if not presented:
-            return False
+            return None
         self._maybe_reload()
         candidate = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
-        ok = False
-        for known in self._static + self._db_digests:
-            ok |= hmac.compare_digest(known, candidate)
-        return ok
+        static_match = 0  # 1-based index of the matching --api-key, 0 for none
+        db_match = False
+        for i, known in enumerate(self._static, start=1):
+            if hmac.compare_digest(known, candidate):
+                static_match = static_match or i
+        for known in self._db_digests:
+            db_match |= hmac.compare_digest(known, candidate)
+        if static_match:
+            return f"api-key-{static_match}"
+        if db_match:
+            return "-".join(presented.split("-", 2)[:2])
+        return None
 
     def _file_signature(self) -> tuple:
         """Cheap change detection: stat of the file (and a WAL beside it) plus SQLite's file change

@@ -244,3 +244,44 @@ class ModelCard(_Response):
 class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[ModelCard] = Field(default_factory=list)
+
+
+# ---- errors and service routes (documented in /openapi.json) -------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    """vLLM 0.6.0's flat error body (errors.error_body builds it), for every 4xx/5xx but moderation's."""
+
+    model_config = ConfigDict(extra="forbid")
+    object: Literal["error"] = "error"
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ModerationErrorResponse(BaseModel):
+    """MaaS's own body for a request refused by content moderation (403)."""
+
+    model_config = ConfigDict(extra="forbid")
+    error_code: str
+    error_msg: str
+
+
+class HealthStatus(BaseModel):
+    """`/health`'s 503 body (its 200 has no body)."""
+
+    status: Literal["loading", "draining", "error"]
+    message: str | None = None
+
+
+class VersionInfo(_Response):
+    version: str
+    model: str | None = None
+    max_model_len: int | None = None
+    device: str | None = None
+    dtype: str | None = None
+    block_size: int | None = None
+    kv_blocks_total: int | None = None
+    tensor_parallel_size: int | None = None
+    attention_backend: str | None = None

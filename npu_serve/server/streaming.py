@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
@@ -59,26 +59,30 @@ async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     return work.result()
 
 
-def check_output(res: RequestOutput) -> None:
+def check_output(res: RequestOutput, allow_abort: bool = False) -> None:
     """An engine-side failure of a running request arrives as a choice finishing with "error"
-    (or "abort" when the engine gave up on it): surface it as an exception."""
+    (or "abort" when the engine gave up on it): surface it as an exception. `allow_abort`: the
+    server itself ended the request (the drain's deadline), so "abort" is the answer."""
+    failed = ("error",) if allow_abort else ("error", "abort")
     for out in res.outputs:
-        if out.finish_reason is not None and str(out.finish_reason) in ("error", "abort"):
+        if out.finish_reason is not None and str(out.finish_reason) in failed:
             message = res.error or f"The request was {'aborted' if str(out.finish_reason) == 'abort' else 'failed'} by the engine."
             raise APIError(500, message, err_type="InternalServerError")
 
 
 async def sse_events(first: RequestOutput, rest: AsyncIterator[RequestOutput], builder: _StreamBuilder,
-                     abort: Callable[[], None]) -> AsyncIterator[str]:
-    """Yield SSE `data:` payloads for one request whose first output already arrived."""
+                     abort: Callable[[], None], record: Any, tracker: Any) -> AsyncIterator[str]:
+    """Yield SSE `data:` payloads for one request whose first output already arrived. `tracker`
+    (tracking.RequestTracker) sees every later output and the end of `record`."""
     finished = False
+    ended = "abort"  # how unfinished choices count if the stream stops early (the client went away)
     try:
         try:
             for chunk in builder.start():
                 yield chunk
             res: RequestOutput | None = first
             while res is not None:
-                check_output(res)
+                check_output(res, allow_abort=record.cut)
                 for chunk in builder.on_output(res):
                     yield chunk
                 if res.finished:
@@ -86,13 +90,16 @@ async def sse_events(first: RequestOutput, rest: AsyncIterator[RequestOutput], b
                     break
                 if builder.blocked:  # moderation ended every choice: stop generating
                     abort()
-                    finished = True
+                    finished, ended = True, "content_filter"
                     break
                 res = await anext(rest, None)
+                if res is not None:
+                    tracker.output(record, res)
             final = builder.final_usage_chunk()
             if final is not None:
                 yield final
         except Exception as exc:  # noqa: BLE001 - every failure goes to the client in-band
+            ended = "error"
             err = as_api_error(exc)
             if err.status >= 500:
                 logger.error("stream %s failed: %s", builder.s.request_id, err.message)
@@ -101,6 +108,7 @@ async def sse_events(first: RequestOutput, rest: AsyncIterator[RequestOutput], b
     finally:
         if not finished:
             abort()  # non-blocking; makes the engine free the blocks even if aclose below is cut short
+        tracker.finish(record, ended)
         await _close(rest)
 
 
@@ -113,10 +121,27 @@ async def _close(gen: AsyncIterator) -> None:
             pass
 
 
-def sse_response(events: AsyncIterator[str]) -> EventSourceResponse:
-    # sep "\n": `data: {...}\n\n` exactly as vLLM writes it; no pings (vLLM sends none, and exact
-    # event sequences stay exact).
-    return EventSourceResponse(events, sep="\n", ping=0)
+class _SSE(EventSourceResponse):
+    """EventSourceResponse that runs `on_close` after the response ended, however it ended: a
+    client gone before the first chunk cancels the body task before the generator ever started,
+    and a generator that never started never runs its `finally`."""
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None] | None):
+        # sep "\n": `data: {...}\n\n` exactly as vLLM writes it; no pings (vLLM sends none, and exact
+        # event sequences stay exact).
+        super().__init__(events, sep="\n", ping=0)
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+
+def sse_response(events: AsyncIterator[str], on_close: Callable[[], None] | None = None) -> EventSourceResponse:
+    return _SSE(events, on_close)
 
 
 async def close_quietly(gen: AsyncIterator) -> None:
