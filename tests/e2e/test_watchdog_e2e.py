@@ -40,6 +40,9 @@ class Hang:
         self.entered = threading.Event()
         self.release = threading.Event()
 
+    def __getattr__(self, name):  # watch(), shutdown(), ...: the real executor's
+        return getattr(self.inner, name)
+
     def execute(self, so):
         if self.armed and so.scheduled:
             self.entered.set()

@@ -18,6 +18,9 @@ class Gate:
         self.entered = threading.Event()
         self.release = threading.Event()
 
+    def __getattr__(self, name):  # watch(), shutdown(), ...: the real executor's
+        return getattr(self.inner, name)
+
     def execute(self, so):
         if so.scheduled:
             self.entered.set()
