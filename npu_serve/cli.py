@@ -26,6 +26,8 @@ def _add_serve_parser(subparsers) -> None:
     p.add_argument("--accept-unknown-fields", action="store_true",
                    help="request fields in no row of docs/api-fields.md are dropped with a warning (as current vLLM "
                         "does) instead of answering 400 (vLLM 0.6.0, the 909 contract)")
+    p.add_argument("--no-playground", dest="playground", action="store_false",
+                   help="do not serve the playground page (chat and dashboard) at / and /v1/infers/<id>/")
     p.add_argument("--threads", type=int, default=None,
                    help="OpenMP threads (default: torch's choice; with tensor parallelism on CPU, the cores "
                         "divided among the node's ranks)")
@@ -173,7 +175,7 @@ def server_config(args: argparse.Namespace):
         moderation_hook=args.moderation_hook, accept_unknown_fields=args.accept_unknown_fields,
         max_num_waiting_requests=args.max_num_waiting_requests, max_num_waiting_tokens=args.max_num_waiting_tokens,
         max_request_body_bytes=args.max_request_body_bytes, shutdown_timeout_s=args.shutdown_timeout,
-        metrics_require_key=args.metrics_require_key, log_requests=args.log_requests,
+        metrics_require_key=args.metrics_require_key, log_requests=args.log_requests, playground=args.playground,
         caps=RequestCaps(max_n=args.max_n, max_stop_strings=args.max_stop_strings,
                          max_stop_string_chars=args.max_stop_string_chars, max_messages=args.max_messages,
                          max_logit_bias_entries=args.max_logit_bias_entries, max_logprobs=args.max_logprobs))

@@ -68,3 +68,41 @@ needs_tools() {
     done
     [ "$any_path" -eq 0 ]
 }
+
+# The playground's browser tests (tests/e2e/test_playground_browser_e2e.py) drive Debian's own
+# `chromium` through Playwright's Python client (a [dev] extra; its browser downloads are never
+# used: no `playwright install`). Installed with apt only when missing, and only where we may
+# (root, or password-less sudo); elsewhere the tests skip with a reason, and under CI=true fail.
+# NPU_SERVE_CHROMIUM names another binary.
+find_chromium() {
+    local c
+    for c in "${NPU_SERVE_CHROMIUM:-}" chromium chromium-browser; do
+        if [ -n "$c" ] && command -v "$c" >/dev/null 2>&1; then
+            command -v "$c"
+            return 0
+        fi
+    done
+    return 1
+}
+
+setup_chromium() {
+    find_chromium >/dev/null && return 0
+    local sudo=""
+    if [ "$(id -u)" != "0" ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo"
+        else
+            echo "chromium is missing and apt-get needs root: the browser tests will say so" >&2
+            return 1
+        fi
+    fi
+    command -v apt-get >/dev/null 2>&1 || { echo "chromium is missing and there is no apt-get" >&2; return 1; }
+    echo "installing chromium (apt) for the playground's browser tests"
+    local apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o Dpkg::Use-Pty=0)
+    # A fresh image has no package lists; fonts-dejavu-core so screenshots show text, not boxes.
+    "${apt[@]}" install --no-install-recommends chromium fonts-dejavu-core >/dev/null 2>&1 || {
+        "${apt[@]}" update >/dev/null &&
+        "${apt[@]}" install --no-install-recommends chromium fonts-dejavu-core >/dev/null
+    }
+    find_chromium >/dev/null
+}

@@ -10,7 +10,8 @@ later, so load balancers and streams see the failure before the socket closes.
 `/health` is also 503 while draining (drain.py) and once the engine got stuck (the step watchdog).
 
 Middleware, outermost first: GateMiddleware (body size, drain, admission, refusal counts), then
-the API-key check, then the routes. The server knows the engine only as an `EngineClient`
+the playground's static page (playground/pages.py; not with --no-playground), then the API-key
+check, then the routes. The server knows the engine only as an `EngineClient`
 (engine/client.py).
 """
 
@@ -81,7 +82,10 @@ def _routes() -> list[Route]:
         ("/v1/completions", create_completion, ["POST"]),
     ]
     routes = [Route("/health", health, methods=["GET"]), Route("/version", version, methods=["GET"]),
-              Route("/metrics", metrics, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"])]
+              Route("/metrics", metrics, methods=["GET"]), Route("/openapi.json", openapi, methods=["GET"]),
+              # For the playground under the MaaS prefix (whose relative `metrics` lands here; a gateway
+              # that forwards only the service's prefix reaches nothing else). Under /v1: keyed.
+              Route("/v1/infers/{service_id}/metrics", metrics, methods=["GET"])]
     for path, endpoint, methods in api:
         routes.append(Route(path, endpoint, methods=methods))
         # MaaS's per-service prefix: base_url = https://HOST/v1/infers/<service-uuid>/v1
@@ -188,5 +192,9 @@ def build_app(engine: EngineOrFactory, config: ServerConfig | None = None,
     app.state.server = state
     app.state.openapi = openapi_document(state.config)
     _security(app, state)
+    if state.config.playground:
+        from npu_serve.server.playground import PlaygroundMiddleware
+
+        app.add_middleware(PlaygroundMiddleware)  # outside the key check: the page is static; its calls are keyed
     app.add_middleware(GateMiddleware, state=state)  # added last: outermost
     return app

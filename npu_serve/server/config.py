@@ -49,6 +49,8 @@ class ServerConfig:
     shutdown_timeout_s: float = 60.0
     metrics_require_key: bool = False  # /metrics is open (like /health) unless this is set
     log_requests: bool = False  # prompt and output text in the log (never keys)
+    # The playground page at `/` and `/v1/infers/<id>/` (issue 14; README "Playground").
+    playground: bool = True
 
     def __post_init__(self) -> None:
         if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:

@@ -30,6 +30,13 @@ from npu_serve.server.protocol import (
 
 REF = "#/components/schemas/{model}"
 MAAS_PREFIX = "/v1/infers/{service_id}"
+# One event of a stream (SSE-aware tools such as schemathesis check each event against the schema):
+# its `data` is a JSON chunk or `[DONE]`. {"type": "string"} here failed every event of a valid stream.
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": {"type": "string"}, "event": {"type": "string"}}}
+_SERVICE_ID = {"name": "service_id", "in": "path", "required": True,
+               "description": "The MaaS service id (any value; not checked).",
+               "schema": {"type": "string", "pattern": "^[^/]+$"}}
 _MODELS = [(ChatCompletionRequest, "validation"), (CompletionRequest, "validation"),
            (ChatCompletionResponse, "serialization"), (CompletionResponse, "serialization"),
            (ChatCompletionChunk, "serialization"), (CompletionChunk, "serialization"),
@@ -64,6 +71,15 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document.", {"200": {"description": "OpenAPI 3.1.", "content": {
             "application/json": {"schema": {"type": "object"}}}}})},
     }
+    # The playground's dashboard reads /metrics relative to its page; under the prefix, like all of /v1, behind the key.
+    paths[MAAS_PREFIX + "/metrics"] = {"get": _op("Prometheus metrics, as /metrics (for the playground under the "
+                                                  "prefix).", {
+        "200": paths["/metrics"]["get"]["responses"]["200"],
+        **({"401": _error("Missing or invalid API key.")} if keyed else {}),
+        "404": _error("Unknown path (a service id with a slash in it)."),
+        "413": _error("Body over --max-request-body-bytes."),
+        "503": _error("Draining.", retry=True)}, secured=keyed)}
+    paths[MAAS_PREFIX + "/metrics"]["get"]["parameters"] = [_SERVICE_ID]
     api = {
         "/v1/models": {"get": _op("The served model.", {"200": _json("The one served model.", "ModelList"),
                                                           **_api_errors(keyed, generation=False)}, secured=keyed)},
@@ -77,9 +93,7 @@ def openapi_document(config: ServerConfig) -> dict[str, Any]:
         prefixed = copy.deepcopy(item)
         for op in prefixed.values():
             op["operationId"] += "_maas"
-            op["parameters"] = [{"name": "service_id", "in": "path", "required": True,
-                                 "description": "The MaaS service id (any value; not checked).",
-                                 "schema": {"type": "string", "pattern": "^[^/]+$"}}]
+            op["parameters"] = [_SERVICE_ID]
         paths[MAAS_PREFIX + path] = prefixed
     for path, item in paths.items():
         for method, op in item.items():
@@ -200,7 +214,7 @@ def _generation(model: str, summary: str, keyed: bool) -> dict[str, Any]:
         "200": {"description": f"A {model}Response; with `stream: true` a text/event-stream of `data: <{chunk}>` "
                                "events ending with `data: [DONE]` (errors after the stream began come in-band).",
                 "content": {"application/json": {"schema": {"$ref": REF.format(model=f"{model}Response")}},
-                            "text/event-stream": {"schema": {"type": "string"}}}},
+                            "text/event-stream": {"schema": _SSE_EVENT}}},
         **_api_errors(keyed, generation=True)}, secured=keyed)
     op["requestBody"] = {"required": True, "content": {"application/json": {
         "schema": {"$ref": REF.format(model=f"{model}Request")}}}}
