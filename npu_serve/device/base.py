@@ -65,6 +65,10 @@ class Platform(ABC):
         """Called once the model passed its checks, before weights load: load lazy runtimes now (Ascend's
         ATB), so their failures surface at start and not in the first forward."""
 
+    def prepare_model(self, model: torch.nn.Module, dtype: torch.dtype, config) -> None:
+        """Called once the weights are loaded, before the attention is installed: swap in this device's
+        faster modules (the CPU's small-batch bf16 linears). `config` is the EngineConfig."""
+
     def reset_peak_memory_stats(self) -> None:
         """Start a new peak for `peak_memory_allocated` (memory profiling)."""
 

@@ -52,6 +52,13 @@ class CpuPlatform(Platform):
             page = os.sysconf("SC_PAGE_SIZE")
             return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
 
+    def prepare_model(self, model: torch.nn.Module, dtype: torch.dtype, config) -> None:
+        """bf16 models: decode-sized linears through our GEMV kernel (worker/cpu_linear.py)."""
+        if dtype == torch.bfloat16:
+            from npu_serve.worker import cpu_linear
+
+            cpu_linear.install(model, config.cpu_gemv_rows)
+
     def describe(self) -> str:
         return f"cpu ({torch.get_num_threads()} threads)"
 

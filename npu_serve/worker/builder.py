@@ -96,6 +96,7 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, sha
     check_before_load(load_config(resolved.path), resolved.name, backend, heads)
     platform.warm_up()
     loaded = load_model(resolved, platform, dtype, shard, group.rank if group else 0)
+    platform.prepare_model(loaded.model, dtype, config)
     layers = hf_bridge.install(loaded.model, backend, heads)  # the loaded modules' facts, checked again
     spec = KVCacheSpec.from_layers(layers, dtype, block_size)  # the real K and V sizes of this rank's layers
     profile = None

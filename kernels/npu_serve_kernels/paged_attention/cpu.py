@@ -1,100 +1,30 @@
 """CPU paged-attention decode kernel (`cpu_decode.cpp`, C++/OpenMP): build on first use, call.
 
-The extension is compiled lazily with `torch.utils.cpp_extension.load` the first time `available()`
-or `paged_decode()` runs, and cached in torch's extension dir (`TORCH_EXTENSIONS_DIR`, default
-`~/.cache/torch_extensions`), so later processes only load the .so. It is built with
-`-march=native`; the module name carries a hash of this CPU's feature flags so that a cache dir
-shared between different machines never hands one a binary with instructions it lacks.
-
-`available()` never raises: if the build fails (no compiler, no headers) it logs a warning once and
-returns False, and the caller keeps the torch path.
+The extension is compiled the first time `available()` or `paged_decode()` runs and cached
+(`_cpu_build.py` says where and how). `available()` never raises: if the build fails (no compiler,
+no headers) it logs a warning once and returns False, and the caller keeps the torch path.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
-import platform
-import shutil
-import threading
 
 import torch
 
-logger = logging.getLogger(__name__)
+from npu_serve_kernels._cpu_build import CpuExtension
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_decode.cpp")
-# IEEE semantics on purpose: no -ffast-math (the kernel is written so that GCC vectorises anyway).
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
-
-_lock = threading.Lock()
-_module = None
-_failed: str | None = None
-
-
-def _cpu_tag() -> str:
-    """Short hash of the CPU's feature flags (and the machine type), part of the module name."""
-    flags = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    flags += line
-                    break
-    except OSError:
-        pass
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
-
-
-def _ensure_ninja_on_path() -> None:
-    """torch's `load` runs `ninja` from PATH; the pip `ninja` package's binary sits in the venv's
-    bin dir, which is not on PATH when the venv's python is run without activating it."""
-    if shutil.which("ninja"):
-        return
-    try:
-        import ninja  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+_EXT = CpuExtension("npu_serve_cpu_decode", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_decode.cpp"),
+                    "CPU paged-decode kernel")
 
 
 def _load():
-    """The compiled extension module; builds it on first call. Raises on build failure."""
-    global _module, _failed
-    with _lock:
-        if _module is not None:
-            return _module
-        if _failed is not None:
-            raise RuntimeError(_failed)
-        try:
-            from torch.utils.cpp_extension import load
-
-            _ensure_ninja_on_path()
-            _module = load(
-                name=f"npu_serve_cpu_decode_{_cpu_tag()}",
-                sources=[_SOURCE],
-                extra_cflags=_CFLAGS,
-                extra_ldflags=["-fopenmp"],
-                verbose=False,
-            )
-        except Exception as exc:  # any build/load failure means "use the torch path"
-            _failed = f"CPU paged-decode kernel unavailable: {type(exc).__name__}: {exc}"
-            raise RuntimeError(_failed) from exc
-        return _module
+    """The compiled extension module; builds it on first call. Raises RuntimeError on build failure."""
+    return _EXT.load()
 
 
 def available() -> bool:
     """True when the kernel is built (building it now if needed). Logs a warning once on failure."""
-    if _module is not None:
-        return True
-    if _failed is not None:
-        return False
-    try:
-        _load()
-        return True
-    except RuntimeError:
-        logger.warning("%s; falling back to the torch decode path", _failed)
-        return False
+    return _EXT.available()
 
 
 def paged_decode(

@@ -1,0 +1,90 @@
+"""Build-on-first-use for our C++ CPU kernels (torch.utils.cpp_extension.load), shared by every op.
+
+Each extension is compiled lazily the first time it is asked for and cached in torch's extension dir
+(`TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`), so later processes only load the .so.
+It is built with `-march=native`; the module name carries a hash of this CPU's feature flags so that
+a cache dir shared between different machines never hands one a binary with instructions it lacks.
+`available()` never raises: a failed build (no compiler, no headers) is logged once and reported as
+False, and the caller keeps its torch path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import threading
+
+logger = logging.getLogger(__name__)
+
+# IEEE semantics on purpose: no -ffast-math (the kernels are written so that GCC vectorises anyway).
+CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
+
+
+def cpu_tag() -> str:
+    """Short hash of the CPU's feature flags (and the machine type), part of the module name."""
+    flags = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags += line
+                    break
+    except OSError:
+        pass
+    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def _ensure_ninja_on_path() -> None:
+    """torch's `load` runs `ninja` from PATH; the pip `ninja` package's binary sits in the venv's
+    bin dir, which is not on PATH when the venv's python is run without activating it."""
+    if shutil.which("ninja"):
+        return
+    try:
+        import ninja  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+class CpuExtension:
+    """One C++ source file built into one extension module, on first use, at most once per process."""
+
+    def __init__(self, name: str, source: str, what: str):
+        self.name, self.source, self.what = name, source, what
+        self._lock = threading.Lock()
+        self._module = None
+        self.failed: str | None = None
+
+    def load(self):
+        """The compiled module; builds it on first call. Raises RuntimeError on build failure."""
+        with self._lock:
+            if self._module is not None:
+                return self._module
+            if self.failed is not None:
+                raise RuntimeError(self.failed)
+            try:
+                from torch.utils.cpp_extension import load
+
+                _ensure_ninja_on_path()
+                self._module = load(name=f"{self.name}_{cpu_tag()}", sources=[self.source], extra_cflags=CFLAGS,
+                                    extra_ldflags=["-fopenmp"], verbose=False)
+            except Exception as exc:  # any build/load failure means "use the torch path"
+                self.failed = f"{self.what} unavailable: {type(exc).__name__}: {exc}"
+                raise RuntimeError(self.failed) from exc
+            return self._module
+
+    def available(self) -> bool:
+        """True when the module is built (building it now if needed). Logs a warning once on failure."""
+        if self._module is not None:
+            return True
+        if self.failed is not None:
+            return False
+        try:
+            self.load()
+            return True
+        except RuntimeError:
+            logger.warning("%s; falling back to the torch path", self.failed)
+            return False

@@ -1,0 +1,100 @@
+"""The CPU bf16 GEMV kernel (kernels/npu_serve_kernels/linear/cpu_gemv.cpp) and the small-batch linears
+that use it (npu_serve/worker/cpu_linear.py): same results as F.linear up to fp32 summation order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from npu_serve_kernels.linear import cpu as gemv
+
+needs_kernel = pytest.mark.skipif(not gemv.available(), reason="no AVX512-BF16 on this CPU (or no compiler)")
+
+
+def _bf16_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    """y must be the fp32 product rounded to bf16, give or take one bf16 step (summation order)."""
+    ref = F.linear(x.float(), w.float(), None if b is None else b.float())
+    step = ref.abs().clamp_min(1e-3) * 2.0**-7  # one bf16 ulp is at most 2^-7 of the value
+    assert y.dtype == torch.bfloat16 and y.shape == ref.shape
+    assert ((y.float() - ref).abs() <= step + 1e-4).all(), (y.float() - ref).abs().max()
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", range(1, gemv.MAX_ROWS + 1))
+@pytest.mark.parametrize("n,k", [(576, 576), (7, 64), (193, 100), (130, 1536), (1, 31)])
+def test_kernel_matches_fp32_linear(m, n, k):
+    torch.manual_seed(m * 1000 + n + k)
+    x = torch.randn(m, k).bfloat16()
+    w = (torch.randn(n, k) / k**0.5).bfloat16()
+    b = torch.randn(n).bfloat16()
+    _bf16_close(gemv.linear_bf16(x, w, b), x, w, b)
+    _bf16_close(gemv.linear_bf16(x, w), x, w, None)
+
+
+@needs_kernel
+def test_kernel_reads_strided_rows_and_refuses_what_it_cannot_do():
+    torch.manual_seed(0)
+    w = torch.randn(40, 96).bfloat16()
+    wide = torch.randn(3, 200).bfloat16()
+    x = wide[:, 8:104]  # rows 200 apart, each contiguous
+    _bf16_close(gemv.linear_bf16(x, w), x, w, None)
+    with pytest.raises(RuntimeError, match="rows"):
+        gemv.linear_bf16(torch.randn(gemv.MAX_ROWS + 1, 96).bfloat16(), w)
+    with pytest.raises(RuntimeError, match="bf16"):
+        gemv.linear_bf16(torch.randn(1, 96), w.float())
+    with pytest.raises(RuntimeError):
+        gemv.linear_bf16(torch.randn(1, 95).bfloat16(), w)  # K mismatch
+    with pytest.raises(RuntimeError, match="contiguous"):
+        gemv.linear_bf16(torch.randn(1, 96).bfloat16(), torch.randn(96, 40).bfloat16().t())
+
+
+@needs_kernel
+def test_install_routes_small_batches_to_the_kernel_and_the_rest_to_torch(monkeypatch):
+    from npu_serve.worker import cpu_linear
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 32, bias=False)).bfloat16()
+    fp32_model = torch.nn.Sequential(torch.nn.Linear(8, 8))  # not bf16: left alone
+    assert cpu_linear.install(fp32_model, 4) == 0
+    assert cpu_linear.install(model, 0) == 0  # off
+    calls = []
+    real = gemv.linear_bf16
+    monkeypatch.setattr(gemv, "linear_bf16", lambda *a: calls.append(a[0].shape) or real(*a))
+    assert cpu_linear.install(model, 4) == 2
+    lin = model[0]
+    with torch.inference_mode():
+        small = torch.randn(1, 4, 64).bfloat16()  # 4 rows: the kernel
+        _bf16_close(lin(small).view(4, 48), small.view(4, 64), lin.weight, lin.bias)
+        big = torch.randn(5, 64).bfloat16()  # 5 rows: torch, bit for bit
+        assert torch.equal(lin(big), F.linear(big, lin.weight, lin.bias))
+        assert model(torch.randn(2, 64).bfloat16()).shape == (2, 32)
+    assert calls == [(4, 64), (2, 64), (2, 48)]
+
+
+def test_the_option_is_validated_and_has_a_flag():
+    from npu_serve.cli import build_parser
+    from npu_serve.config import EngineConfig
+    from npu_serve.errors import InvalidParameter
+
+    assert EngineConfig().cpu_gemv_rows == 4
+    args = build_parser().parse_args(["serve", "--cpu-gemv-rows", "0"])
+    assert EngineConfig.from_cli(args).cpu_gemv_rows == 0
+    for bad in (-1, 9, True):
+        with pytest.raises(InvalidParameter, match="cpu_gemv_rows"):
+            EngineConfig(cpu_gemv_rows=bad)
+
+
+@needs_kernel
+def test_bf16_engine_with_the_kernel_tracks_the_engine_without_it(tiny_llama_dir):
+    """Greedy bf16 tokens may part ways where two logits tie to within bf16 rounding; on this model
+    and prompt they do not, so both engines must agree (a wrong kernel would diverge at once)."""
+    from npu_serve import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [100, 200, 300]]
+    outs = []
+    for rows in (0, 4):
+        llm = LLM(tiny_llama_dir, device="cpu", dtype="bfloat16", cpu_gemv_rows=rows)
+        outs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
+    assert outs[0] == outs[1]
