@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The bf16 GEMV kernel (npu_serve_kernels.linear) against F.linear (oneDNN) on SmolLM2-135M's linear
-shapes, per input row count, one thread, paired and alternated in one process:
+shapes, per input row count, one thread (--threads), paired and alternated in one process:
 
   .venv/bin/python scripts/bench_cpu_gemv.py [--rows 1,2,4,8,12,16] [--other-source old.cpp]
 
@@ -32,8 +32,9 @@ def main() -> None:
     p.add_argument("--rows", default="1,2,4,8,12,16")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--other-source", default=None)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     weights = [(torch.randn(n, k) / k**0.5).bfloat16() for _ in range(LAYERS) for n, k in SHAPES]
     weights.append((torch.randn(V, H) / H**0.5).bfloat16())

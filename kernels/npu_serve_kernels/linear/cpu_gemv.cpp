@@ -169,10 +169,12 @@ torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& w, const 
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   auto* yp = y.data_ptr<at::BFloat16>();
   const RowsFn rows = kRows[M - 1];
-  // A thread gets at least ~4 MiB of weights: waking a sleeping OpenMP thread costs ~10 us, and one
-  // core streams a decode model's layers (0.2-2 MiB each) faster alone (measured: 576x576 at M = 1
-  // takes 7 us on one thread, 19 us on two).
-  const int64_t min_rows_per_thread = std::max<int64_t>(8, (int64_t{2} << 20) / std::max<int64_t>(K, 1));
+  // A thread gets at least ~4 MiB of weights / M: waking a sleeping OpenMP thread costs ~10 us, and
+  // one core streams a decode model's layers (0.2-2 MiB each) faster alone at 1 row (measured: 576x576
+  // at M = 1 takes 7 us on one thread, 19 us on two); from ~8 rows the work is VDPBF16PS-bound and
+  // grows with M, so the second core pays for itself on smaller layers (scripts/bench_cpu_gemv.py
+  // --threads 2: 0.91x of the weight-bytes-only rule at 16 rows, 0.82x at 32).
+  const int64_t min_rows_per_thread = std::max<int64_t>(8, (int64_t{2} << 20) / std::max<int64_t>(K, 1) / M);
   const int nthreads = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / min_rows_per_thread)));
   if (nthreads == 1) {
