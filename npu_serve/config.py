@@ -61,11 +61,12 @@ class EngineConfig:
     attention_backend: str | None = option(None, "attention backend (default: the device's; the "
                                            "NPU_SERVE_ATTENTION_BACKEND environment variable is the fallback)",
                                            metavar="NAME")
-    # Measured on SmolLM2 decode steps (CPU time, paired runs): 0.68x of oneDNN's at 1 row, 0.76x at 4,
-    # 1.12x at 8, where oneDNN's blocked GEMM starts to win (worker/cpu_linear.py).
-    cpu_gemv_rows: int = option(4, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
+    # Measured on SmolLM2 decode steps (paired runs, wall time, docs/speed-issue12.md): 0.62x of oneDNN's
+    # step at 1 row, 0.69x at 4, 0.79x at 8, 0.77x at 16, 0.87x at 32 (the kernel's most rows); the
+    # default stays at 16 because serving at c=32 did not confirm rows 17-32 (2 of 3 paired runs slower).
+    cpu_gemv_rows: int = option(16, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
                                 "rows (decode steps of up to this many requests) run on npu-serve's AVX512-BF16 "
-                                "matrix-vector kernel instead of oneDNN (at most 8; 0 turns it off)", metavar="ROWS")
+                                "matrix-vector kernel instead of oneDNN (at most 32; 0 turns it off)", metavar="ROWS")
     tensor_parallel_size: int = option(1, "split the model over this many devices (ranks), over all nodes")
     nnodes: int = option(1, "nodes that share the ranks (tensor_parallel_size / nnodes ranks each)")
     node_rank: int = option(0, "this node's index; node 0 serves HTTP, the others only compute")
@@ -88,8 +89,8 @@ class EngineConfig:
                      "tensor_parallel_size", "nnodes"):
             positive(name, getattr(self, name))
         if not isinstance(self.cpu_gemv_rows, int) or isinstance(self.cpu_gemv_rows, bool) \
-                or not 0 <= self.cpu_gemv_rows <= 8:
-            raise InvalidParameter("cpu_gemv_rows", f"cpu_gemv_rows must be an integer from 0 to 8, got {self.cpu_gemv_rows!r}")
+                or not 0 <= self.cpu_gemv_rows <= 32:
+            raise InvalidParameter("cpu_gemv_rows", f"cpu_gemv_rows must be an integer from 0 to 32, got {self.cpu_gemv_rows!r}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
             raise InvalidParameter("num_kv_blocks", "num_kv_blocks must be at least 2 (block 0 is reserved)")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:

@@ -77,10 +77,10 @@ def test_the_option_is_validated_and_has_a_flag():
     from npu_serve.config import EngineConfig
     from npu_serve.errors import InvalidParameter
 
-    assert EngineConfig().cpu_gemv_rows == 4
+    assert EngineConfig().cpu_gemv_rows == 16
     args = build_parser().parse_args(["serve", "--cpu-gemv-rows", "0"])
     assert EngineConfig.from_cli(args).cpu_gemv_rows == 0
-    for bad in (-1, 9, True):
+    for bad in (-1, 33, True):
         with pytest.raises(InvalidParameter, match="cpu_gemv_rows"):
             EngineConfig(cpu_gemv_rows=bad)
 
@@ -88,13 +88,18 @@ def test_the_option_is_validated_and_has_a_flag():
 @needs_kernel
 def test_bf16_engine_with_the_kernel_tracks_the_engine_without_it(tiny_llama_dir):
     """Greedy bf16 tokens may part ways where two logits tie to within bf16 rounding; on this model
-    and prompt they do not, so both engines must agree (a wrong kernel would diverge at once)."""
+    and these prompts they do not, so both engines must agree (a wrong kernel would diverge at once).
+    32 prompts: decode steps of 32 rows, the most the kernel takes; the first 3 alone: 3 rows."""
     from npu_serve import LLM, SamplingParams
+    from npu_serve_kernels.linear import cpu as gemv
 
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
+    rng = torch.Generator().manual_seed(0)
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [100, 200, 300]]
+    prompts += [torch.randint(3, 500, (int(n),), generator=rng).tolist()
+                for n in torch.randint(1, 40, (gemv.MAX_ROWS - 3,), generator=rng)]
     outs = []
-    for rows in (0, 4):
+    for rows in (0, gemv.MAX_ROWS):
         llm = LLM(tiny_llama_dir, device="cpu", dtype="bfloat16", cpu_gemv_rows=rows)
-        outs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
+        outs.append([[o.outputs[0].token_ids for o in llm.generate(p, params)] for p in (prompts[:3], prompts)])
     assert outs[0] == outs[1]

@@ -1,4 +1,4 @@
-"""CPU bf16 linear for 1-8 rows (`cpu_gemv.cpp`, AVX512-BF16, C++/OpenMP): build on first use, call.
+"""CPU bf16 linear for 1-32 rows (`cpu_gemv.cpp`, AVX512-BF16, C++/OpenMP): build on first use, call.
 
 `available()` is True only where the extension builds and the CPU has AVX512-BF16; elsewhere the
 caller keeps `torch.nn.functional.linear`. The reference is `F.linear` in float32 (the test).
@@ -14,7 +14,7 @@ from npu_serve_kernels._cpu_build import CpuExtension
 
 _EXT = CpuExtension("npu_serve_cpu_gemv", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cpp"),
                     "CPU bf16 GEMV kernel")
-MAX_ROWS = 8
+MAX_ROWS = 32
 
 
 def available() -> bool:
