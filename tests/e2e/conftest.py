@@ -19,6 +19,7 @@ import uvicorn
 
 from npu_serve.server.app import build_app
 from npu_serve.server.config import ServerConfig
+from tests.executor_wrapper import ExecutorWrapper
 
 API_KEY = "sk-e2e-0123456789abcdef"
 SMOL_NAME = "SmolLM2-135M-Instruct"
@@ -122,14 +123,15 @@ def sse_lines(body: bytes) -> list[str]:
     return [e[len("data: "):] for e in events]
 
 
-class FailingExecutor:
+class FailingExecutor(ExecutorWrapper):
     """Wraps the engine's real executor and makes its `fail_at`-th forward raise, as a device fault
     would (an NPU/CUDA runtime error mid-generation). Everything else is the real engine and server:
     the engine fails the requests of that step with finish_reason "error", and the server must turn
     that into a 500 (before a stream starts) or an in-band error event (after)."""
 
     def __init__(self, real, fail_at: int = 4):
-        self.real, self.calls, self.fail_at = real, 0, fail_at
+        super().__init__(real)
+        self.calls, self.fail_at = 0, fail_at
 
     def execute(self, so):
         if so.scheduled:
@@ -137,6 +139,3 @@ class FailingExecutor:
             if self.calls == self.fail_at:
                 raise RuntimeError("injected device fault")
         return self.real.execute(so)
-
-    def __getattr__(self, name):  # watch(), shutdown(): the real executor's
-        return getattr(self.real, name)

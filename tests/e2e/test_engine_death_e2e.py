@@ -13,13 +13,15 @@ from npu_serve.server import app as app_module
 from npu_serve.server.app import build_app
 from npu_serve.server.config import ServerConfig
 from tests.e2e.conftest import LiveServer, sse_lines
+from tests.executor_wrapper import ExecutorWrapper
 
 
-class DyingExecutor:
+class DyingExecutor(ExecutorWrapper):
     """The real executor, until its `die_at`-th step raises as a lost rank does."""
 
     def __init__(self, real, die_at: int):
-        self.real, self.calls, self.die_at = real, 0, die_at
+        super().__init__(real)
+        self.calls, self.die_at = 0, die_at
 
     def execute(self, so):
         if so.scheduled:
@@ -27,12 +29,6 @@ class DyingExecutor:
             if self.calls == self.die_at:
                 raise EngineDeadError("rank 1 (pid 4242) exited with code -9")
         return self.real.execute(so)
-
-    def watch(self, on_dead):
-        self.real.watch(on_dead)
-
-    def shutdown(self):
-        self.real.shutdown()
 
 
 def test_a_dead_engine_ends_streams_answers_503_and_calls_on_fatal(tiny_llama_dir, monkeypatch):

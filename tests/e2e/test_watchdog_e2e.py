@@ -16,6 +16,7 @@ import requests
 
 from tests.e2e.conftest import LiveServer
 from tests.e2e.ops_util import metric, scrape
+from tests.executor_wrapper import ExecutorWrapper
 
 FLAT = {"object", "message", "type", "param", "code"}
 
@@ -31,23 +32,20 @@ def make_server(tiny_llama_dir, **engine_kw) -> LiveServer:
     return server
 
 
-class Hang:
+class Hang(ExecutorWrapper):
     """Wraps the engine's executor: once armed, the next forward blocks until released."""
 
     def __init__(self, executor):
-        self.inner = executor
+        super().__init__(executor)
         self.armed = False
         self.entered = threading.Event()
         self.release = threading.Event()
-
-    def __getattr__(self, name):  # watch(), shutdown(), ...: the real executor's
-        return getattr(self.inner, name)
 
     def execute(self, so):
         if self.armed and so.scheduled:
             self.entered.set()
             self.release.wait(60)
-        return self.inner.execute(so)
+        return self.real.execute(so)
 
 
 def test_a_stuck_step_fails_waiting_requests_with_503(tiny_llama_dir):

@@ -8,24 +8,22 @@ import threading
 
 from npu_serve.engine.client import EngineStats
 from npu_serve.sampling_params import SamplingParams
+from tests.executor_wrapper import ExecutorWrapper
 
 
-class Gate:
+class Gate(ExecutorWrapper):
     """The engine's executor, held at the first forward until released."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self, real):
+        super().__init__(real)
         self.entered = threading.Event()
         self.release = threading.Event()
-
-    def __getattr__(self, name):  # watch(), shutdown(), ...: the real executor's
-        return getattr(self.inner, name)
 
     def execute(self, so):
         if so.scheduled:
             self.entered.set()
             self.release.wait(30)
-        return self.inner.execute(so)
+        return self.real.execute(so)
 
 
 def test_waiting_counts_queue_and_inbox_and_tokens(tiny_llama_dir):

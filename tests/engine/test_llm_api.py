@@ -6,6 +6,7 @@ import pytest
 
 from npu_serve import LLM, SamplingParams
 from npu_serve.errors import InvalidParameter, PromptTooLong
+from tests.executor_wrapper import ExecutorWrapper
 
 
 @pytest.fixture(scope="module")
@@ -127,12 +128,13 @@ def test_async_engine_answers_waiters_on_shutdown_and_refuses_after(tiny_llama_d
     asyncio.run(main())
 
 
-class _FailWhen:
+class _FailWhen(ExecutorWrapper):
     """The real executor, except that a forward decoding a request whose prompt is `poison` raises,
     as a device fault (or a model the backend mishandles) would."""
 
     def __init__(self, real, poison: list[int]):
-        self.real, self.poison, self.poisoned = real, poison, set()
+        super().__init__(real)
+        self.poison, self.poisoned = poison, set()
 
     def execute(self, so):
         # The step message carries token ids, not requests: a request whose first chunk is the poison
