@@ -113,8 +113,6 @@ def _serve(args: argparse.Namespace) -> int:
 
         return serve_node(engine_config)
 
-    import uvicorn
-
     from npu_serve.server.app import build_app
     from npu_serve.server.signals import DrainingServer
 
