@@ -67,6 +67,11 @@ class EngineConfig:
     cpu_gemv_rows: int = option(16, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
                                 "rows (decode steps of up to this many requests) run on npu-serve's AVX512-BF16 "
                                 "matrix-vector kernel instead of oneDNN (at most 32; 0 turns it off)", metavar="ROWS")
+    # Measured on SmolLM2 (docs/speed-issue12.md): the per-layer Python of transformers' forward was about
+    # a third of a decode step at one request.
+    cpu_fast_decoder: bool = option(True, "turn off npu-serve's C++ decoder layers on CPU (Llama, Mistral, Qwen2, "
+                                    "Qwen3: transformers' ops called from C++, checked bit-identical at start) and "
+                                    "run transformers' own forward", flag="--no-cpu-fast-decoder")
     tensor_parallel_size: int = option(1, "split the model over this many devices (ranks), over all nodes")
     nnodes: int = option(1, "nodes that share the ranks (tensor_parallel_size / nnodes ranks each)")
     node_rank: int = option(0, "this node's index; node 0 serves HTTP, the others only compute")

@@ -12,8 +12,9 @@ import torch
 
 from npu_serve_kernels._cpu_build import CpuExtension
 
-_EXT = CpuExtension("npu_serve_cpu_gemv", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cpp"),
-                    "CPU bf16 GEMV kernel")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_EXT = CpuExtension("npu_serve_cpu_gemv", os.path.join(_HERE, "cpu_gemv.cpp"), "CPU bf16 GEMV kernel",
+                    depends=(os.path.join(_HERE, "cpu_gemv.h"),))
 MAX_ROWS = 32
 
 

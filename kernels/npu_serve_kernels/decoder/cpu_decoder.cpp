@@ -1,0 +1,137 @@
+// A Llama-shaped decoder layer's work outside attention, in C++: the same ATen ops, in the same
+// order and on tensors of the same shapes as transformers' Python forward, so every result is bit
+// for bit the one that forward computes; only the Python around each op is gone.
+//
+// Why: at one request per step (c=1) SmolLM2's 30 layers cost ~20 ms per token on this CPU, of which
+// ~10 ms are the linears and ~2 ms the ATen ops themselves; the rest is Python: ~45 op calls and ~13
+// nn.Module calls per layer, each a few microseconds (torch.profiler against wall time, 2026-12-02).
+// Called from C++ the same ops cost their dispatch only (~1 us), so a decode token should drop to
+// ~13-14 ms (docs/speed-issue12.md has the measurement).
+//
+// Why "the same ops" rather than our own fused loops: transformers' RMSNorm takes the mean of squares
+// through torch's vectorised cascade sum and SiLU through its vectorised exp (with a scalar tail
+// whose position depends on the tensor's length); reproducing those bit for bit is fragile, calling
+// them is exact by construction. npu_serve/worker/fast_decoder.py checks it at every engine build
+// (both forwards, compared with torch.equal) and keeps transformers' forward if anything differs.
+//
+// Shapes follow transformers (hidden states [1, T, C] for a packed batch of T tokens), because
+// TensorIterator's vector/scalar split and its threading chunks depend on them. Linears go through
+// the bf16 GEMV kernel exactly where npu_serve/worker/cpu_linear.py would send them (inputs of at
+// most `gemv_rows` rows, bf16), else at::linear, as F.linear does.
+
+#include <torch/extension.h>
+
+#include "../linear/cpu_gemv.h"
+
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+struct Linear {
+  Tensor weight;
+  OptTensor bias;
+  int64_t gemv_rows;  // inputs of 1..gemv_rows rows (bf16) go to the GEMV kernel; 0: never
+
+  Tensor operator()(const Tensor& x) const {
+    const int64_t k = x.size(-1);
+    const int64_t rows = k ? x.numel() / k : 0;
+    if (rows >= 1 && rows <= gemv_rows && x.scalar_type() == at::kBFloat16) {
+      Tensor x2 = x.reshape({rows, k});
+      if (x2.stride(1) != 1) x2 = x2.contiguous();
+      Tensor y = npu_serve_gemv::linear_bf16(x2, weight, bias);
+      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+      shape.back() = y.size(1);
+      return y.view(shape);
+    }
+    return at::linear(x, weight, bias);
+  }
+};
+
+// transformers' LlamaRMSNorm.forward, op for op.
+Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  Tensor h = x.to(at::kFloat);
+  Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(variance + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+// transformers' rotate_half and apply_rotary_pos_emb for one of q / k: x [1, T, H, D], cos/sin [1, T, D].
+// (transformers applies it to the transposed [1, H, T, D] view; elementwise ops give the same values.)
+Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  Tensor rotated = at::cat({x.slice(-1, half).neg(), x.slice(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+class DecoderLayer {
+ public:
+  DecoderLayer(Tensor input_norm, Tensor post_norm, double eps, Linear q, Linear k, Linear v, Linear o, Linear gate,
+               Linear up, Linear down, OptTensor q_norm, OptTensor k_norm, double qk_eps, int64_t num_heads,
+               int64_t num_kv_heads, int64_t head_dim, int64_t v_head_dim)
+      : input_norm_(std::move(input_norm)), post_norm_(std::move(post_norm)), eps_(eps), q_(std::move(q)),
+        k_(std::move(k)), v_(std::move(v)), o_(std::move(o)), gate_(std::move(gate)), up_(std::move(up)),
+        down_(std::move(down)), q_norm_(std::move(q_norm)), k_norm_(std::move(k_norm)), qk_eps_(qk_eps),
+        num_heads_(num_heads), num_kv_heads_(num_kv_heads), head_dim_(head_dim), v_head_dim_(v_head_dim) {}
+
+  // Input norm, q/k/v projections, (Qwen3's per-head q/k norms,) RoPE: the query [T, H, D], key
+  // [T, Hkv, D] and value [T, Hkv, Dv] the attention backend takes. x: [1, T, C].
+  std::tuple<Tensor, Tensor, Tensor> attention_in(const Tensor& x, const Tensor& cos, const Tensor& sin) const {
+    const int64_t T = x.size(1);
+    const Tensor h = rms_norm(x, input_norm_, eps_);
+    Tensor q = q_(h).view({1, T, num_heads_, head_dim_});
+    Tensor k = k_(h).view({1, T, num_kv_heads_, head_dim_});
+    Tensor v = v_(h).view({T, num_kv_heads_, v_head_dim_});
+    if (q_norm_.has_value()) q = rms_norm(q, *q_norm_, qk_eps_);
+    if (k_norm_.has_value()) k = rms_norm(k, *k_norm_, qk_eps_);
+    const Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // [1, T, 1, D]: broadcast over heads
+    return {rotary(q, c, s)[0], rotary(k, c, s)[0], v};
+  }
+
+  // The rest of the layer after attention: o_proj, residual, post-attention norm, SwiGLU MLP, residual.
+  // x: the layer's input [1, T, C]; attn: the backend's output [T, H, Dv].
+  Tensor attention_out_mlp(const Tensor& x, const Tensor& attn) const {
+    const int64_t T = x.size(1);
+    const Tensor o = o_(attn.reshape({1, T, -1}).contiguous());
+    const Tensor mid = x + o;
+    const Tensor h = rms_norm(mid, post_norm_, eps_);
+    const Tensor mlp = down_(at::silu(gate_(h)) * up_(h));
+    return mid + mlp;
+  }
+
+ private:
+  Tensor input_norm_, post_norm_;
+  double eps_;
+  Linear q_, k_, v_, o_, gate_, up_, down_;
+  OptTensor q_norm_, k_norm_;
+  double qk_eps_;
+  int64_t num_heads_, num_kv_heads_, head_dim_, v_head_dim_;
+};
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  // The GIL is released around every call: the server's event loop runs while the engine computes.
+  py::class_<Linear>(m, "Linear")
+      .def(py::init([](Tensor weight, OptTensor bias, int64_t gemv_rows) {
+             return Linear{std::move(weight), std::move(bias), gemv_rows};
+           }),
+           py::arg("weight"), py::arg("bias"), py::arg("gemv_rows"))
+      .def("__call__", &Linear::operator(), py::call_guard<py::gil_scoped_release>());
+  py::class_<DecoderLayer>(m, "DecoderLayer")
+      .def(py::init<Tensor, Tensor, double, Linear, Linear, Linear, Linear, Linear, Linear, Linear, OptTensor,
+                    OptTensor, double, int64_t, int64_t, int64_t, int64_t>(),
+           py::arg("input_norm"), py::arg("post_norm"), py::arg("eps"), py::arg("q"), py::arg("k"), py::arg("v"),
+           py::arg("o"), py::arg("gate"), py::arg("up"), py::arg("down"), py::arg("q_norm"), py::arg("k_norm"),
+           py::arg("qk_eps"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
+           py::arg("v_head_dim"))
+      .def("attention_in", &DecoderLayer::attention_in, py::call_guard<py::gil_scoped_release>())
+      .def("attention_out_mlp", &DecoderLayer::attention_out_mlp, py::call_guard<py::gil_scoped_release>());
+  m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm, op for op", py::arg("x"), py::arg("weight"),
+        py::arg("eps"), py::call_guard<py::gil_scoped_release>());
+}
