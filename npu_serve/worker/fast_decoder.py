@@ -15,7 +15,7 @@ and a decode through both forwards and compares them with torch.equal (`matches`
 logs why. So does anything this module does not recognise: another family, forward hooks (tensor
 parallelism installs them), sharded parameters.
 
-The embedding, the rotary tables and lm_head stay transformers' modules (once per step, not per layer).
+The embedding and the rotary tables stay transformers' modules (once per step, not per layer).
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ def unfit(model: torch.nn.Module) -> str | None:
         return f"{name} is not one of {', '.join(FAMILIES)}"
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return "global module hooks are installed"
+    lm_head = getattr(model, "lm_head", None)
+    if type(lm_head) is not torch.nn.Linear or ("forward" in lm_head.__dict__ and not hasattr(lm_head, "_npu_serve_gemv_rows")):
+        return "lm_head is not a plain nn.Linear"
     for mod_name, module in model.named_modules():
         if module._forward_hooks or module._forward_pre_hooks:
             return f"{mod_name or 'the model'} has forward hooks (tensor parallelism?)"
@@ -69,13 +72,15 @@ class FastDecoder:
         base = model.model
         self._embed = base.embed_tokens
         self._rotary = base.rotary_emb
-        self._lm_head = model.lm_head
         self._rms_norm = ext.rms_norm
         self._norm_weight, self._norm_eps = base.norm.weight, float(base.norm.variance_epsilon)
 
         def linear(lin: torch.nn.Linear):
             # The rows limit cpu_linear gave this linear (0: it runs F.linear at every size).
             return ext.Linear(lin.weight, lin.bias, int(getattr(lin, "_npu_serve_gemv_rows", 0)))
+
+        # lm_head too, so that a step's GEMV calls all go through this extension's thread pool.
+        self._lm_head = linear(model.lm_head)
 
         self._layers = []
         for layer in base.layers[: config.num_hidden_layers]:

@@ -12,7 +12,8 @@ from npu_serve_kernels._cpu_build import CpuExtension
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _EXT = CpuExtension("npu_serve_cpu_decoder", os.path.join(_HERE, "cpu_decoder.cpp"), "CPU decoder layer",
-                    depends=(os.path.join(_HERE, "..", "linear", "cpu_gemv.h"),))
+                    depends=(os.path.join(_HERE, "..", "linear", "cpu_gemv.h"),
+                             os.path.join(_HERE, "..", "cpu_pool.h")))
 
 
 def available() -> bool:

@@ -14,7 +14,7 @@ from npu_serve_kernels._cpu_build import CpuExtension
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _EXT = CpuExtension("npu_serve_cpu_gemv", os.path.join(_HERE, "cpu_gemv.cpp"), "CPU bf16 GEMV kernel",
-                    depends=(os.path.join(_HERE, "cpu_gemv.h"),))
+                    depends=(os.path.join(_HERE, "cpu_gemv.h"), os.path.join(_HERE, "..", "cpu_pool.h")))
 MAX_ROWS = 32
 
 
