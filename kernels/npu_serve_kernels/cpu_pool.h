@@ -144,4 +144,10 @@ class Pool {
   std::condition_variable wake_;
 };
 
+// f(i) for every i in [0, n) through the pool (f: any callable; it stays on the caller's stack).
+template <typename F>
+void parallel_chunks(int64_t n, F& f) {
+  Pool::instance().run(n, [](void* ctx, int64_t i) { (*static_cast<F*>(ctx))(i); }, &f);
+}
+
 }  // namespace npu_serve_pool

@@ -67,7 +67,7 @@ def unfit(model: torch.nn.Module) -> str | None:
 class FastDecoder:
     """The decoder stack of a model that `unfit` accepts, run layer by layer through the C++ layer."""
 
-    def __init__(self, model: torch.nn.Module, ext):
+    def __init__(self, model: torch.nn.Module, ext, layers: list[AttentionLayer]):
         config = model.config
         base = model.model
         self._embed = base.embed_tokens
@@ -81,6 +81,8 @@ class FastDecoder:
 
         # lm_head too, so that a step's GEMV calls all go through this extension's thread pool.
         self._lm_head = linear(model.lm_head)
+        # What the CPU backend passes its decode kernel for each layer (attention/cpu.py).
+        self._decode_args = [(layer.scale, layer.sliding_window or 0, layer.logit_softcap or 0.0) for layer in layers]
 
         self._layers = []
         for layer in base.layers[: config.num_hidden_layers]:
@@ -102,6 +104,12 @@ class FastDecoder:
         h = self._embed(input_ids)
         cos, sin = self._rotary(h, position_ids=positions)
         backend, meta, caches, facts = ctx.backend, ctx.meta, ctx.kv_caches, ctx.layers
+        if meta.num_decodes == meta.num_reqs and _runs_cpu_decode_kernel(backend):
+            # Decodes only: each layer is one C++ call, the CPU backend's attention included.
+            slots, tables, lens = meta.slot_mapping, meta.block_tables, meta.seq_lens
+            for layer, (key_cache, value_cache), args in zip(self._layers, caches, self._decode_args):
+                h = layer.decode_layer(h, cos, sin, key_cache, value_cache, slots, tables, lens, *args)
+            return self._rms_norm(h, self._norm_weight, self._norm_eps)
         for i, layer in enumerate(self._layers):
             q, k, v = layer.attention_in(h, cos, sin)
             attn = backend.forward(q, k, v, caches[i], meta, facts[i])
@@ -112,6 +120,13 @@ class FastDecoder:
                keep: torch.Tensor) -> torch.Tensor:
         """[1, len(keep), vocab] logits of the kept rows, as the model's forward with logits_to_keep=keep."""
         return self._lm_head(self.hidden_states(input_ids, positions, ctx)[:, keep, :])
+
+
+def _runs_cpu_decode_kernel(backend) -> bool:
+    """Whether `backend` computes decodes with the CPU paged-decode kernel (what decode_layer inlines)."""
+    from npu_serve.attention.cpu import CpuAttentionBackend
+
+    return type(backend) is CpuAttentionBackend and backend.uses_kernel
 
 
 def build(model: torch.nn.Module, layers: list[AttentionLayer]) -> FastDecoder | None:
@@ -127,4 +142,4 @@ def build(model: torch.nn.Module, layers: list[AttentionLayer]) -> FastDecoder |
 
     if not ext.available():
         return None
-    return FastDecoder(model, ext.module())
+    return FastDecoder(model, ext.module(), layers)

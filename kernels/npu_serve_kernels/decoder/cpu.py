@@ -12,8 +12,8 @@ from npu_serve_kernels._cpu_build import CpuExtension
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _EXT = CpuExtension("npu_serve_cpu_decoder", os.path.join(_HERE, "cpu_decoder.cpp"), "CPU decoder layer",
-                    depends=(os.path.join(_HERE, "..", "linear", "cpu_gemv.h"),
-                             os.path.join(_HERE, "..", "cpu_pool.h")))
+                    depends=tuple(os.path.join(_HERE, "..", f) for f in ("linear/cpu_gemv.h", "paged_attention/cpu_decode.h",
+                                                                              "cpu_pool.h")))
 
 
 def available() -> bool:

@@ -22,6 +22,7 @@
 #include <torch/extension.h>
 
 #include "../linear/cpu_gemv.h"
+#include "../paged_attention/cpu_decode.h"
 
 #include <tuple>
 #include <utility>
@@ -92,6 +93,20 @@ class DecoderLayer {
     return {rotary(q, c, s)[0], rotary(k, c, s)[0], v};
   }
 
+  // The whole layer for a step of decodes only (one new token per request) on the CPU attention
+  // backend, with the attention that backend runs (attention/cpu.py): the new K/V written into their
+  // slots with index_copy_, then the paged-decode kernel (../paged_attention/cpu_decode.h).
+  Tensor decode_layer(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& key_cache,
+                      const Tensor& value_cache, const Tensor& slot_mapping, const Tensor& block_tables,
+                      const Tensor& seq_lens, double scale, int64_t window, double softcap) const {
+    auto [q, k, v] = attention_in(x, cos, sin);
+    key_cache.view({-1, key_cache.size(2), key_cache.size(3)}).index_copy_(0, slot_mapping, k);
+    value_cache.view({-1, value_cache.size(2), value_cache.size(3)}).index_copy_(0, slot_mapping, v);
+    const Tensor attn = npu_serve_decode::paged_decode(q.contiguous(), key_cache, value_cache, block_tables, seq_lens,
+                                                       scale, window, softcap, c10::nullopt);
+    return attention_out_mlp(x, attn);
+  }
+
   // The rest of the layer after attention: o_proj, residual, post-attention norm, SwiGLU MLP, residual.
   // x: the layer's input [1, T, C]; attn: the backend's output [T, H, Dv].
   Tensor attention_out_mlp(const Tensor& x, const Tensor& attn) const {
@@ -131,7 +146,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("qk_eps"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
            py::arg("v_head_dim"))
       .def("attention_in", &DecoderLayer::attention_in, py::call_guard<py::gil_scoped_release>())
-      .def("attention_out_mlp", &DecoderLayer::attention_out_mlp, py::call_guard<py::gil_scoped_release>());
+      .def("attention_out_mlp", &DecoderLayer::attention_out_mlp, py::call_guard<py::gil_scoped_release>())
+      .def("decode_layer", &DecoderLayer::decode_layer, py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm, op for op", py::arg("x"), py::arg("weight"),
         py::arg("eps"), py::call_guard<py::gil_scoped_release>());
 }

@@ -13,8 +13,9 @@ import torch
 
 from npu_serve_kernels._cpu_build import CpuExtension
 
-_EXT = CpuExtension("npu_serve_cpu_decode", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_decode.cpp"),
-                    "CPU paged-decode kernel")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_EXT = CpuExtension("npu_serve_cpu_decode", os.path.join(_HERE, "cpu_decode.cpp"), "CPU paged-decode kernel",
+                    depends=(os.path.join(_HERE, "cpu_decode.h"), os.path.join(_HERE, "..", "cpu_pool.h")))
 
 
 def _load():
