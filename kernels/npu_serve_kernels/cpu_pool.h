@@ -113,7 +113,10 @@ class Pool {
       for (uint32_t spins = 1;; ++spins) {
         w = word_.load(std::memory_order_acquire);
         if (gen_of(w) != seen) break;
-        cpu_relax();
+        // Yield rather than pause: a thread that wants this core (OpenMP's worker, woken for one of
+        // torch's parallel regions between our kernels, or another process) gets it at once, instead
+        // of waiting for the scheduler to preempt a spinning helper.
+        std::this_thread::yield();
         if (spins % 256 == 0 &&
             std::chrono::steady_clock::now() - since > std::chrono::microseconds(kSpinMicros)) {
           std::unique_lock<std::mutex> lock(sleep_mutex_);
