@@ -87,21 +87,24 @@ class ModelRunner:
         check.finish(self.layers)
 
     def _fast_matches(self, fast: FastDecoder) -> bool:
-        """Whether `fast` computes transformers' hidden states bit for bit: a prefill of two blocks (more
-        rows than the GEMV kernel takes) into blocks 1-2, then one decode over them into block 3, each
-        through both forwards (the second writes the same K/V over the first's). Blocks 1-3 are zeroed
+        """Whether `fast` computes transformers' hidden states bit for bit: a prefill of at least 64 tokens
+        (more rows than the GEMV kernel takes, and enough that torch splits the layers' elementwise ops
+        over its threads) into blocks 1.., then one decode over them into the next block, each through
+        both forwards (the second writes the same K/V over the first's). Those blocks are zeroed
         afterwards. False (logged) on any difference or when the pool is too small to check."""
         bs = self.block_size
-        if len(self.kv_caches) == 0 or self.kv_caches[0][0].shape[0] < 4:
+        prefill_blocks = max(2, -(-64 // bs))
+        blocks = list(range(1, prefill_blocks + 2))
+        if len(self.kv_caches) == 0 or self.kv_caches[0][0].shape[0] <= blocks[-1]:
             logger.info("C++ decoder layers not used: the KV pool is too small to check them")
             return False
         vocab = self.model.get_input_embeddings().num_embeddings
-        n = 2 * bs
+        n = prefill_blocks * bs
         dev = self.device
         ids = (torch.arange(n + 1, device=dev) * 7919 + 11) % vocab
         steps = [  # (tokens, first position, num_decodes, block table)
-            (ids[:n], 0, 0, [1, 2]),
-            (ids[n:], n, 1, [1, 2, 3]),
+            (ids[:n], 0, 0, blocks[:-1]),
+            (ids[n:], n, 1, blocks),
         ]
         same = True
         try:
@@ -131,7 +134,7 @@ class ModelRunner:
                     break
         finally:
             for key_cache, value_cache in self.kv_caches:
-                for b in (1, 2, 3):
+                for b in blocks:
                     key_cache[b].zero_()
                     value_cache[b].zero_()
         if same:

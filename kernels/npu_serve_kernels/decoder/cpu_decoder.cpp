@@ -24,6 +24,8 @@
 #include "../linear/cpu_gemv.h"
 #include "../paged_attention/cpu_decode.h"
 
+#include <omp.h>
+
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -32,6 +34,29 @@ namespace {
 
 using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
+
+// Runs the ops in its scope on the calling thread alone: torch's elementwise ops split a big tensor over
+// OpenMP's threads, and with OMP_WAIT_POLICY=PASSIVE each such region wakes a sleeping thread for less
+// work than the wake-up costs. Only for ops whose every output element is computed the same way
+// whatever the split (copies, +, *, neg, pow(2), per-row means): SiLU is not (torch's vectorised exp
+// and its scalar tail differ in the last bit, and the tail moves with the split), nor the matmuls.
+// (RMSNorm's rsqrt is also transcendental, but on one value per row: below torch's grain size, so never
+// split, up to at::internal::GRAIN_SIZE rows; past that the scope does nothing.)
+class Serial {
+ public:
+  explicit Serial(int64_t rows) : threads_(omp_get_max_threads()), on_(rows <= at::internal::GRAIN_SIZE) {
+    if (on_) omp_set_num_threads(1);
+  }
+  ~Serial() {
+    if (on_) omp_set_num_threads(threads_);
+  }
+  Serial(const Serial&) = delete;
+  Serial& operator=(const Serial&) = delete;
+
+ private:
+  int threads_;
+  bool on_;
+};
 
 struct Linear {
   Tensor weight;
@@ -83,10 +108,15 @@ class DecoderLayer {
   // [T, Hkv, D] and value [T, Hkv, Dv] the attention backend takes. x: [1, T, C].
   std::tuple<Tensor, Tensor, Tensor> attention_in(const Tensor& x, const Tensor& cos, const Tensor& sin) const {
     const int64_t T = x.size(1);
-    const Tensor h = rms_norm(x, input_norm_, eps_);
+    Tensor h;
+    {
+      Serial serial(T);
+      h = rms_norm(x, input_norm_, eps_);
+    }
     Tensor q = q_(h).view({1, T, num_heads_, head_dim_});
     Tensor k = k_(h).view({1, T, num_kv_heads_, head_dim_});
     Tensor v = v_(h).view({T, num_kv_heads_, v_head_dim_});
+    Serial serial(T);
     if (q_norm_.has_value()) q = rms_norm(q, *q_norm_, qk_eps_);
     if (k_norm_.has_value()) k = rms_norm(k, *k_norm_, qk_eps_);
     const Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // [1, T, 1, D]: broadcast over heads
@@ -111,10 +141,26 @@ class DecoderLayer {
   // x: the layer's input [1, T, C]; attn: the backend's output [T, H, Dv].
   Tensor attention_out_mlp(const Tensor& x, const Tensor& attn) const {
     const int64_t T = x.size(1);
-    const Tensor o = o_(attn.reshape({1, T, -1}).contiguous());
-    const Tensor mid = x + o;
-    const Tensor h = rms_norm(mid, post_norm_, eps_);
-    const Tensor mlp = down_(at::silu(gate_(h)) * up_(h));
+    Tensor a, mid, h;
+    {
+      Serial serial(T);
+      a = attn.reshape({1, T, -1}).contiguous();
+    }
+    const Tensor o = o_(a);
+    {
+      Serial serial(T);
+      mid = x + o;
+      h = rms_norm(mid, post_norm_, eps_);
+    }
+    const Tensor act = at::silu(gate_(h));
+    const Tensor up = up_(h);
+    Tensor gated;
+    {
+      Serial serial(T);
+      gated = act * up;
+    }
+    const Tensor mlp = down_(gated);
+    Serial serial(T);
     return mid + mlp;
   }
 
