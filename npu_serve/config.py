@@ -61,10 +61,9 @@ class EngineConfig:
     attention_backend: str | None = option(None, "attention backend (default: the device's; the "
                                            "NPU_SERVE_ATTENTION_BACKEND environment variable is the fallback)",
                                            metavar="NAME")
-    # Measured on SmolLM2 decode steps (paired runs, wall time, docs/speed-issue12.md): 0.62x of oneDNN's
-    # step at 1 row, 0.69x at 4, 0.79x at 8, 0.77x at 16, 0.87x at 32 (the kernel's most rows); the
-    # default stays at 16 because serving at c=32 did not confirm rows 17-32 (2 of 3 paired runs slower).
-    cpu_gemv_rows: int = option(16, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
+    # Measured on SmolLM2 decode steps (paired runs, wall time, docs/speed-issue12.md): with the kernel's own
+    # helper threads (cpu_pool.h) 0.72x of oneDNN's step at 24 rows and 0.82x at 32 (the kernel's most rows).
+    cpu_gemv_rows: int = option(32, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
                                 "rows (decode steps of up to this many requests) run on npu-serve's AVX512-BF16 "
                                 "matrix-vector kernel instead of oneDNN (at most 32; 0 turns it off)", metavar="ROWS")
     # Measured on SmolLM2 (docs/speed-issue12.md): the per-layer Python of transformers' forward was about

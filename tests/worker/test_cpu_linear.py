@@ -77,7 +77,7 @@ def test_the_option_is_validated_and_has_a_flag():
     from npu_serve.config import EngineConfig
     from npu_serve.errors import InvalidParameter
 
-    assert EngineConfig().cpu_gemv_rows == 16
+    assert EngineConfig().cpu_gemv_rows == 32
     args = build_parser().parse_args(["serve", "--cpu-gemv-rows", "0"])
     assert EngineConfig.from_cli(args).cpu_gemv_rows == 0
     for bad in (-1, 33, True):
