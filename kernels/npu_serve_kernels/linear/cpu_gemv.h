@@ -20,7 +20,7 @@
 
 //
 // Header-only so that other C++ ops (the decoder layer, ../decoder/cpu_decoder.cpp) call the same kernel
-// without going back through Python; cpu_gemv.cpp is its Python binding.
+// without going back through Python; ../cpu_ops.cpp is its Python binding.
 
 #pragma once
 

@@ -17,7 +17,7 @@
 // than keys (MLA as transformers runs it): compiled-in sizes apply only where the two agree.
 //
 // Header-only so that the C++ decoder layer (../decoder/cpu_decoder.cpp) runs a decode step's
-// attention without going back through Python; cpu_decode.cpp is its Python binding.
+// attention without going back through Python; ../cpu_ops.cpp is its Python binding.
 
 #pragma once
 

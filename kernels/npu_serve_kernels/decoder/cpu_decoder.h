@@ -19,6 +19,8 @@
 // the bf16 GEMV kernel exactly where npu_serve/worker/cpu_linear.py would send them (inputs of at
 // most `gemv_rows` rows, bf16), else at::linear, as F.linear does.
 
+#pragma once
+
 #include <torch/extension.h>
 
 #include "../linear/cpu_gemv.h"
@@ -30,7 +32,7 @@
 #include <utility>
 #include <vector>
 
-namespace {
+namespace npu_serve_decoder {
 
 using at::Tensor;
 using OptTensor = c10::optional<Tensor>;
@@ -79,7 +81,7 @@ struct Linear {
 };
 
 // transformers' LlamaRMSNorm.forward, op for op.
-Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   Tensor h = x.to(at::kFloat);
   Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * at::rsqrt(variance + eps);
@@ -88,7 +90,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 
 // transformers' rotate_half and apply_rotary_pos_emb for one of q / k: x [1, T, H, D], cos/sin [1, T, D].
 // (transformers applies it to the transposed [1, H, T, D] view; elementwise ops give the same values.)
-Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+inline Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   Tensor rotated = at::cat({x.slice(-1, half).neg(), x.slice(-1, 0, half)}, -1);
   return x * cos + rotated * sin;
@@ -173,27 +175,5 @@ class DecoderLayer {
   int64_t num_heads_, num_kv_heads_, head_dim_, v_head_dim_;
 };
 
-}  // namespace
+}  // namespace npu_serve_decoder
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  namespace py = pybind11;
-  // The GIL is released around every call: the server's event loop runs while the engine computes.
-  py::class_<Linear>(m, "Linear")
-      .def(py::init([](Tensor weight, OptTensor bias, int64_t gemv_rows) {
-             return Linear{std::move(weight), std::move(bias), gemv_rows};
-           }),
-           py::arg("weight"), py::arg("bias"), py::arg("gemv_rows"))
-      .def("__call__", &Linear::operator(), py::call_guard<py::gil_scoped_release>());
-  py::class_<DecoderLayer>(m, "DecoderLayer")
-      .def(py::init<Tensor, Tensor, double, Linear, Linear, Linear, Linear, Linear, Linear, Linear, OptTensor,
-                    OptTensor, double, int64_t, int64_t, int64_t, int64_t>(),
-           py::arg("input_norm"), py::arg("post_norm"), py::arg("eps"), py::arg("q"), py::arg("k"), py::arg("v"),
-           py::arg("o"), py::arg("gate"), py::arg("up"), py::arg("down"), py::arg("q_norm"), py::arg("k_norm"),
-           py::arg("qk_eps"), py::arg("num_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
-           py::arg("v_head_dim"))
-      .def("attention_in", &DecoderLayer::attention_in, py::call_guard<py::gil_scoped_release>())
-      .def("attention_out_mlp", &DecoderLayer::attention_out_mlp, py::call_guard<py::gil_scoped_release>())
-      .def("decode_layer", &DecoderLayer::decode_layer, py::call_guard<py::gil_scoped_release>());
-  m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm, op for op", py::arg("x"), py::arg("weight"),
-        py::arg("eps"), py::call_guard<py::gil_scoped_release>());
-}
