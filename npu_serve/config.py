@@ -61,12 +61,16 @@ class EngineConfig:
     attention_backend: str | None = option(None, "attention backend (default: the device's; the "
                                            "NPU_SERVE_ATTENTION_BACKEND environment variable is the fallback)",
                                            metavar="NAME")
-    # Measured on SmolLM2 decode steps (paired runs, wall time, docs/speed-issue12.md): 0.62x of oneDNN's
-    # step at 1 row, 0.69x at 4, 0.79x at 8, 0.77x at 16, 0.87x at 32 (the kernel's most rows); the
-    # default stays at 16 because serving at c=32 did not confirm rows 17-32 (2 of 3 paired runs slower).
-    cpu_gemv_rows: int = option(16, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
+    # Measured on SmolLM2 decode steps (paired runs, wall time, docs/speed-issue12.md): with the kernel's own
+    # helper threads (cpu_pool.h) 0.72x of oneDNN's step at 24 rows and 0.82x at 32 (the kernel's most rows).
+    cpu_gemv_rows: int = option(32, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
                                 "rows (decode steps of up to this many requests) run on npu-serve's AVX512-BF16 "
                                 "matrix-vector kernel instead of oneDNN (at most 32; 0 turns it off)", metavar="ROWS")
+    # Measured on SmolLM2 (docs/speed-issue12.md): the per-layer Python of transformers' forward was about
+    # a third of a decode step at one request.
+    cpu_fast_decoder: bool = option(True, "turn off npu-serve's C++ decoder layers on CPU (Llama, Mistral, Qwen2, "
+                                    "Qwen3: transformers' ops called from C++, checked bit-identical at start) and "
+                                    "run transformers' own forward", flag="--no-cpu-fast-decoder")
     tensor_parallel_size: int = option(1, "split the model over this many devices (ranks), over all nodes")
     nnodes: int = option(1, "nodes that share the ranks (tensor_parallel_size / nnodes ranks each)")
     node_rank: int = option(0, "this node's index; node 0 serves HTTP, the others only compute")

@@ -50,10 +50,14 @@ def _ensure_ninja_on_path() -> None:
 
 
 class CpuExtension:
-    """One C++ source file built into one extension module, on first use, at most once per process."""
+    """One C++ source file built into one extension module, on first use, at most once per process.
 
-    def __init__(self, name: str, source: str, what: str):
+    `depends`: headers the source includes. torch's loader decides whether to rebuild from the source
+    file alone, so their contents are hashed into the module name: an edited header is a new module."""
+
+    def __init__(self, name: str, source: str, what: str, depends: tuple[str, ...] = ()):
         self.name, self.source, self.what = name, source, what
+        self.depends = depends
         self._lock = threading.Lock()
         self._module = None
         self.failed: str | None = None
@@ -69,12 +73,22 @@ class CpuExtension:
                 from torch.utils.cpp_extension import load
 
                 _ensure_ninja_on_path()
-                self._module = load(name=f"{self.name}_{cpu_tag()}", sources=[self.source], extra_cflags=CFLAGS,
+                self._module = load(name=self._module_name(), sources=[self.source], extra_cflags=CFLAGS,
                                     extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as exc:  # any build/load failure means "use the torch path"
                 self.failed = f"{self.what} unavailable: {type(exc).__name__}: {exc}"
                 raise RuntimeError(self.failed) from exc
             return self._module
+
+    def _module_name(self) -> str:
+        name = f"{self.name}_{cpu_tag()}"
+        if self.depends:
+            digest = hashlib.sha1()
+            for path in self.depends:
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+            name += "_" + digest.hexdigest()[:8]
+        return name
 
     def available(self) -> bool:
         """True when the module is built (building it now if needed). Logs a warning once on failure."""

@@ -69,6 +69,12 @@ class Platform(ABC):
         """Called once the weights are loaded, before the attention is installed: swap in this device's
         faster modules (the CPU's small-batch bf16 linears). `config` is the EngineConfig."""
 
+    def fast_decoder(self, model: torch.nn.Module, layers, config):
+        """Called once the attention is installed: this device's own forward for the model's decoder
+        stack (worker/fast_decoder.py), or None for transformers' forward. The model runner checks it
+        against transformers' forward before using it."""
+        return None
+
     def reset_peak_memory_stats(self) -> None:
         """Start a new peak for `peak_memory_allocated` (memory profiling)."""
 

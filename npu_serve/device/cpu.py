@@ -59,6 +59,14 @@ class CpuPlatform(Platform):
 
             cpu_linear.install(model, config.cpu_gemv_rows)
 
+    def fast_decoder(self, model: torch.nn.Module, layers, config):
+        """Llama-shaped layers through our C++ layer (worker/fast_decoder.py), unless turned off."""
+        if not config.cpu_fast_decoder:
+            return None
+        from npu_serve.worker import fast_decoder
+
+        return fast_decoder.build(model, layers)
+
     def describe(self) -> str:
         return f"cpu ({torch.get_num_threads()} threads)"
 

@@ -106,7 +106,8 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, sha
     num_blocks = _num_blocks(config, spec, profile)
     if group is not None:
         num_blocks = group.all_min(num_blocks)
-    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers)
+    fast = platform.fast_decoder(loaded.model, layers, config) if heads is None else None
+    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers, fast)
     return RankBuild(runner, loaded, platform, dtype, num_blocks, block_size)
 
 

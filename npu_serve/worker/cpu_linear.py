@@ -36,6 +36,7 @@ def install(model: torch.nn.Module, max_rows: int) -> int:
         if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16 \
                 and module.weight.device.type == "cpu" and module.weight.is_contiguous():
             module.forward = _small_batch_forward(module, max_rows, kernel.linear_bf16)
+            module._npu_serve_gemv_rows = max_rows  # read by fast_decoder, which routes rows the same way
             count += 1
     logger.info("bf16 GEMV kernel on %d linear layers (inputs of up to %d rows)", count, max_rows)
     return count

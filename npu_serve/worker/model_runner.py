@@ -13,6 +13,7 @@ message) and `sample` (rank 0 only, from the `sampling` part of the message that
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import torch
@@ -23,16 +24,21 @@ from npu_serve.engine.beam_search import candidates_per_beam
 from npu_serve.engine.messages import RunnerOutput, SamplingRequest, SchedulerOutput
 from npu_serve.errors import UnsupportedModel
 from npu_serve.sampling_params import SamplingParams
+from npu_serve.worker.fast_decoder import FastDecoder
 from npu_serve.worker.forward_context import ForwardContext, forward_context
 from npu_serve.worker.kv_cache import KVCacheSpec, allocate_kv_caches
 from npu_serve.worker.sampler import Sampler, SamplingRow, gather_logprobs
 
+logger = logging.getLogger(__name__)
+
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, device: torch.device, spec: KVCacheSpec, num_blocks: int,
-                 backend: AttentionBackend, layers: list[AttentionLayer]):
+                 backend: AttentionBackend, layers: list[AttentionLayer], fast: FastDecoder | None = None):
         """`layers` are the facts `hf_bridge.install(model, backend)` returned; the constructor runs the
-        dry forward that checks them against what transformers really passes (UnsupportedModel)."""
+        dry forward that checks them against what transformers really passes (UnsupportedModel).
+        `fast`: the platform's own forward of the decoder stack (worker/fast_decoder.py), used only if
+        the dry run finds it bit-identical to transformers' forward."""
         self.model = model
         self.device = device
         self.spec = spec
@@ -43,7 +49,10 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(spec, num_blocks, device)
         self._generators: dict[str, torch.Generator] = {}
         self._ranked_params: dict[str, SamplingParams] = {}  # best_of > n: params that ask for logprobs
+        self.fast: FastDecoder | None = None
         self._dry_run()
+        if fast is not None:
+            self.fast = fast if self._fast_matches(fast) else None
 
     @torch.inference_mode()
     def _dry_run(self) -> None:
@@ -76,6 +85,61 @@ class ModelRunner:
             raise UnsupportedModel(f"{check.label}: a one-token forward through npu-serve's attention fails "
                                    f"({type(exc).__name__}: {exc})") from exc
         check.finish(self.layers)
+
+    def _fast_matches(self, fast: FastDecoder) -> bool:
+        """Whether `fast` computes transformers' hidden states bit for bit: a prefill of at least 64 tokens
+        (more rows than the GEMV kernel takes, and enough that torch splits the layers' elementwise ops
+        over its threads) into blocks 1.., then one decode over them into the next block, each through
+        both forwards (the second writes the same K/V over the first's). Those blocks are zeroed
+        afterwards. False (logged) on any difference or when the pool is too small to check."""
+        bs = self.block_size
+        prefill_blocks = max(2, -(-64 // bs))
+        blocks = list(range(1, prefill_blocks + 2))
+        if len(self.kv_caches) == 0 or self.kv_caches[0][0].shape[0] <= blocks[-1]:
+            logger.info("C++ decoder layers not used: the KV pool is too small to check them")
+            return False
+        vocab = self.model.get_input_embeddings().num_embeddings
+        n = prefill_blocks * bs
+        dev = self.device
+        ids = (torch.arange(n + 1, device=dev) * 7919 + 11) % vocab
+        steps = [  # (tokens, first position, num_decodes, block table)
+            (ids[:n], 0, 0, blocks[:-1]),
+            (ids[n:], n, 1, blocks),
+        ]
+        same = True
+        try:
+            for tokens, start, num_decodes, table in steps:
+                t = tokens.numel()
+                meta = AttentionMetadata(
+                    num_tokens=t, num_decodes=num_decodes,
+                    query_start_loc=torch.tensor([0, t], dtype=torch.int32, device=dev),
+                    seq_lens=torch.tensor([start + t], dtype=torch.int32, device=dev),
+                    block_tables=torch.tensor([table], dtype=torch.int32, device=dev),
+                    slot_mapping=torch.tensor([table[p // bs] * bs + p % bs for p in range(start, start + t)],
+                                              dtype=torch.int64, device=dev),
+                    query_start_loc_cpu=[0, t], seq_lens_cpu=[start + t], block_size=bs,
+                )
+                input_ids = tokens.view(1, t)
+                positions = torch.arange(start, start + t, device=dev).view(1, t)
+                ctx = ForwardContext(meta, self.kv_caches, self.backend, self.layers)
+                with torch.inference_mode(), forward_context(ctx):
+                    ref = self.model.get_decoder()(input_ids=input_ids, position_ids=positions,
+                                                   use_cache=False).last_hidden_state
+                    got = fast.hidden_states(input_ids, positions, ctx)
+                if not torch.equal(ref, got):
+                    diff = (ref.float() - got.float()).abs().max().item()
+                    logger.warning("C++ decoder layers not used: their hidden states differ from transformers' "
+                                   "(max abs difference %.3g at %d tokens)", diff, t)
+                    same = False
+                    break
+        finally:
+            for key_cache, value_cache in self.kv_caches:
+                for b in blocks:
+                    key_cache[b].zero_()
+                    value_cache[b].zero_()
+        if same:
+            logger.info("C++ decoder layers in use (checked bit-identical to transformers' forward)")
+        return same
 
     # -- batch packing ------------------------------------------------------------------------------
     def _prepare(self, so: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, list[int]]:
@@ -142,12 +206,18 @@ class ModelRunner:
             return None
         input_ids, positions, meta, keep_idx = self._prepare(so)
         ctx = ForwardContext(meta, self.kv_caches, self.backend, self.layers)
+        fast = self.fast
         with forward_context(ctx):
             if not keep_idx:
                 # Only prompt chunks this step: run the layers for their KV, skip lm_head entirely.
-                self.model.get_decoder()(input_ids=input_ids, position_ids=positions, use_cache=False)
+                if fast is not None:
+                    fast.hidden_states(input_ids, positions, ctx)
+                else:
+                    self.model.get_decoder()(input_ids=input_ids, position_ids=positions, use_cache=False)
                 return None
             keep = torch.tensor(keep_idx, dtype=torch.long, device=self.device)
+            if fast is not None:
+                return fast.logits(input_ids, positions, ctx, keep)[0].float()
             return self.model(input_ids=input_ids, position_ids=positions, use_cache=False,
                               logits_to_keep=keep).logits[0].float()
 

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from npu_serve import LLM, SamplingParams
+from npu_serve.worker import fast_decoder
+from npu_serve_kernels.decoder import cpu as decoder_ext
 from tests.engine.exactness_util import corpus_ids
 from tests.engine.model_families import BY_NAME, FAMILIES
 
@@ -86,6 +88,9 @@ def test_greedy_equals_generate_through_one_engine(name, tok, prompts, tmp_path_
     llm = LLM(str(path), device="cpu", dtype="float32", block_size=BLOCK, max_num_batched_tokens=24,
               num_kv_blocks=12, max_model_len=128)
     layers, caches, spec = _engine_facts(llm)
+    # The families the C++ decoder layers take run through them here (worker/fast_decoder.py).
+    fast_expected = family.model_cls in fast_decoder.FAMILIES and decoder_ext.available()
+    assert (llm.engine.executor.fast is not None) == fast_expected
     assert tuple(layer.sliding_window for layer in layers) == family.windows
     for layer, (key_cache, value_cache) in zip(layers, caches):
         assert key_cache.shape == (12, BLOCK, layer.num_kv_heads, layer.head_dim)

@@ -77,7 +77,7 @@ def test_the_option_is_validated_and_has_a_flag():
     from npu_serve.config import EngineConfig
     from npu_serve.errors import InvalidParameter
 
-    assert EngineConfig().cpu_gemv_rows == 16
+    assert EngineConfig().cpu_gemv_rows == 32
     args = build_parser().parse_args(["serve", "--cpu-gemv-rows", "0"])
     assert EngineConfig.from_cli(args).cpu_gemv_rows == 0
     for bad in (-1, 33, True):
@@ -103,3 +103,36 @@ def test_bf16_engine_with_the_kernel_tracks_the_engine_without_it(tiny_llama_dir
         llm = LLM(tiny_llama_dir, device="cpu", dtype="bfloat16", cpu_gemv_rows=rows)
         outs.append([[o.outputs[0].token_ids for o in llm.generate(p, params)] for p in (prompts[:3], prompts)])
     assert outs[0] == outs[1]
+
+
+@needs_kernel
+def test_helper_threads_change_no_bit_and_lose_no_chunk():
+    """The pool (kernels/npu_serve_kernels/cpu_pool.h) only splits output rows, so any number of threads
+    gives the one-thread bits; many back-to-back calls, from two Python threads at once, catch a chunk
+    computed twice, skipped (torch.empty's garbage) or read after its task ended."""
+    import threading
+
+    torch.manual_seed(0)
+    cases = [(torch.randn(m, 576).bfloat16(), (torch.randn(n, 576) / 24).bfloat16()) for m, n in
+             [(1, 4096), (3, 577), (8, 192), (16, 1536), (32, 640)]]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        want = [gemv.linear_bf16(x, w) for x, w in cases]
+        torch.set_num_threads(2)
+        errors = []
+
+        def hammer():
+            for _ in range(150):
+                for (x, w), ref in zip(cases, want):
+                    if not torch.equal(gemv.linear_bf16(x, w), ref):
+                        errors.append(tuple(x.shape) + tuple(w.shape))
+
+        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:5]
+    finally:
+        torch.set_num_threads(before)

@@ -1,4 +1,4 @@
-"""CPU bf16 linear for 1-32 rows (`cpu_gemv.cpp`, AVX512-BF16, C++/OpenMP): build on first use, call.
+"""CPU bf16 linear for 1-32 rows (`cpu_gemv.h`, AVX512-BF16, C++): build on first use, call.
 
 `available()` is True only where the extension builds and the CPU has AVX512-BF16; elsewhere the
 caller keeps `torch.nn.functional.linear`. The reference is `F.linear` in float32 (the test).
@@ -6,20 +6,17 @@ caller keeps `torch.nn.functional.linear`. The reference is `F.linear` in float3
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from npu_serve_kernels._cpu_build import CpuExtension
+from npu_serve_kernels.cpu_ops import EXT
 
-_EXT = CpuExtension("npu_serve_cpu_gemv", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_gemv.cpp"),
-                    "CPU bf16 GEMV kernel")
+_EXT = EXT
 MAX_ROWS = 32
 
 
 def available() -> bool:
     """True when the kernel is built (building it now if needed) and this CPU has AVX512-BF16."""
-    return _EXT.available() and bool(_EXT.load().available())
+    return _EXT.available() and bool(_EXT.load().gemv_available())
 
 
 def linear_bf16(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""CPU paged-attention decode kernel (`cpu_decode.cpp`, C++/OpenMP): build on first use, call.
+"""CPU paged-attention decode kernel (`cpu_decode.h`, C++): build on first use, call.
 
 The extension is compiled the first time `available()` or `paged_decode()` runs and cached
 (`_cpu_build.py` says where and how). `available()` never raises: if the build fails (no compiler,
@@ -7,14 +7,11 @@ no headers) it logs a warning once and returns False, and the caller keeps the t
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from npu_serve_kernels._cpu_build import CpuExtension
+from npu_serve_kernels.cpu_ops import EXT
 
-_EXT = CpuExtension("npu_serve_cpu_decode", os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_decode.cpp"),
-                    "CPU paged-decode kernel")
+_EXT = EXT
 
 
 def _load():

@@ -15,10 +15,15 @@
 // softcap maps each scaled score x to softcap * tanh(x / softcap) before the softmax (tanh_vec); per-head sink
 // logits take part in the softmax's max and denominator only. Values may have another head size
 // than keys (MLA as transformers runs it): compiled-in sizes apply only where the two agree.
+//
+// Header-only so that the C++ decoder layer (../decoder/cpu_decoder.cpp) runs a decode step's
+// attention without going back through Python; ../cpu_ops.cpp is its Python binding.
+
+#pragma once
 
 #include <torch/extension.h>
 
-#include <omp.h>
+#include "../cpu_pool.h"
 
 #include <algorithm>
 #include <cmath>
@@ -28,9 +33,9 @@
 #include <numeric>
 #include <vector>
 
-namespace {
+namespace npu_serve_decode {
 
-constexpr int LANES = 16;
+inline constexpr int LANES = 16;
 
 // Row of `d` cache elements as floats: fp32 rows are used in place, others converted into buf.
 inline const float* load_row(const float* src, float* /*buf*/, int64_t /*d*/) { return src; }
@@ -169,7 +174,7 @@ inline v16f hsum16(v16f acc[16]) {
 // Keys `first .. L-1` of one request (the window; first = 0 without one). scores[g * (L - first) + i]
 // gets the score of key first + i for query head g.
 template <typename scalar_t, int GC, int DC>
-void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
+inline void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
                   int64_t block_size, int64_t first, int64_t L, const float* qf, float fscale, float* scores) {
   static_assert(DC % 16 == 0, "the vector K pass needs head_dim in whole 16-float vectors");
   constexpr int C = DC / 16;
@@ -209,7 +214,7 @@ void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_str
 }
 
 template <typename scalar_t, int GC, int DC>
-void v_pass_fixed(const scalar_t* vbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
+inline void v_pass_fixed(const scalar_t* vbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
                   int64_t block_size, int64_t first, int64_t L, const float* scores, float* acc_out) {
   const int64_t nk = L - first;
   float acc[GC][DC];
@@ -251,10 +256,22 @@ inline float softmax_numerators(float* s, int64_t n, const float* sink) {
   return 1.f / sum;
 }
 
+// One thread's buffers: scores [G, keys], the G queries as floats, G accumulators, a converted row.
+struct Scratch {
+  std::vector<float> scores, qf, acc, row, inv_sum;
+  void size(int64_t n_scores, int64_t n_q, int64_t n_acc, int64_t n_row, int64_t n_heads) {
+    scores.resize(n_scores);
+    qf.resize(n_q);
+    acc.resize(n_acc);
+    row.resize(n_row);
+    inv_sum.resize(n_heads);
+  }
+};
+
 // DC > 0 fixes head_dim (keys and values alike) at compile time (unrolled inner loops; ~10% faster
 // at D=64 in bf16); DC == 0 reads the key size from q and the value size from v_cache.
 template <typename scalar_t, int DC, int GC>
-void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+inline void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                  const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, const Features& f,
                  at::Tensor& out) {
   const int64_t nd = q.size(0), H = q.size(1);
@@ -291,22 +308,25 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
   const int64_t block_stride = block_size * token_stride;
   const int64_t v_token_stride = Hkv * DV;
   const int64_t v_block_stride = block_size * v_token_stride;
-  const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks)));
 
-#pragma omp parallel num_threads(nthreads)
-  {
-    std::vector<float> scores(static_cast<size_t>(G * std::max<int64_t>(max_keys, 1)));
-    std::vector<float> qf(G * D), acc(G * DV), row(std::max(D, DV)), inv_sum(G);
-
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
+  // Tasks are claimed by the caller and the pool's helpers (../cpu_pool.h), most keys first; each
+  // thread keeps its scratch buffers between calls.
+  auto one_task = [&](int64_t task) {
+    thread_local Scratch scratch;
+    scratch.size(G * std::max<int64_t>(max_keys, 1), G * D, G * DV, std::max(D, DV), G);
+    std::vector<float>& scores = scratch.scores;
+    std::vector<float>& qf = scratch.qf;
+    std::vector<float>& acc = scratch.acc;
+    std::vector<float>& row = scratch.row;
+    std::vector<float>& inv_sum = scratch.inv_sum;
+    {
       const int64_t r = order[task / Hkv], h = task % Hkv;
       const int64_t L = lens[r], t_first = first[r], nk = keys[r];
       const int32_t* table = tables + r * max_blocks;
       scalar_t* o = op + (r * H + h * G) * DV;
       if (L <= 0) {  // nothing to attend to: zeros rather than NaN
         for (int64_t i = 0; i < G * DV; ++i) o[i] = static_cast<scalar_t>(0.f);
-        continue;
+        return;
       }
       for (int64_t g = 0; g < G; ++g) {
         const scalar_t* src = qp + (r * H + h * G + g) * D;
@@ -359,13 +379,14 @@ void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at::Tenso
       for (int64_t g = 0; g < G; ++g)
         for (int64_t i = 0; i < DV; ++i) o[g * DV + i] = static_cast<scalar_t>(acc[g * DV + i] * inv_sum[g]);
     }
-  }
+  };
+  npu_serve_pool::parallel_chunks(tasks, one_task);
 }
 
 // G = 1 (MHA), 2, 3 (SmolLM2: 9 over 3), 4 (Llama-3.2-1B: 32 over 8) and 8 get register-resident
 // passes; other layouts take the generic loops.
 template <typename scalar_t, int DC>
-void dispatch_group(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+inline void dispatch_group(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                     const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, const Features& f,
                     at::Tensor& out) {
   switch (q.size(1) / k_cache.size(2)) {
@@ -380,7 +401,7 @@ void dispatch_group(const at::Tensor& q, const at::Tensor& k_cache, const at::Te
 
 // Compiled-in head sizes only where keys and values share one (MLA's differ: generic loops).
 template <typename scalar_t>
-void dispatch_dim(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+inline void dispatch_dim(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale, const Features& f,
                   at::Tensor& out) {
   const int64_t d = v_cache.size(3) == q.size(2) ? q.size(2) : 0;
@@ -391,7 +412,7 @@ void dispatch_dim(const at::Tensor& q, const at::Tensor& k_cache, const at::Tens
   }
 }
 
-at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+inline at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& block_tables, const at::Tensor& seq_lens, double scale,
                         int64_t window, double softcap, const c10::optional<at::Tensor>& sinks) {
   TORCH_CHECK(q.device().is_cpu() && k_cache.device().is_cpu() && v_cache.device().is_cpu(), "CPU tensors only");
@@ -447,14 +468,5 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   return out;
 }
 
-}  // namespace
+}  // namespace npu_serve_decode
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode", &paged_decode, "Paged attention decode over the KV cache, read in place (CPU)",
-        pybind11::arg("q"), pybind11::arg("k_cache"), pybind11::arg("v_cache"), pybind11::arg("block_tables"),
-        pybind11::arg("seq_lens"), pybind11::arg("scale"), pybind11::arg("window") = 0,
-        pybind11::arg("softcap") = 0.0, pybind11::arg("sinks") = pybind11::none(),
-        // The GIL is released while the kernel runs: in the server the event loop's thread (SSE,
-        // JSON) then runs beside the engine's attention instead of waiting for it.
-        pybind11::call_guard<pybind11::gil_scoped_release>());
-}

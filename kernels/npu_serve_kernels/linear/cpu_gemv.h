@@ -14,13 +14,19 @@
 // the order of the fp32 sums differs from oneDNN's, so results agree to fp32 rounding before the
 // final bf16 rounding (tests/worker/test_cpu_linear.py).
 //
-// Threads: output features are split over at most at::get_num_threads() OpenMP threads, in blocks
-// large enough that a thread's share is worth a wake-up (small layers run on the calling thread).
+// Threads: output features are split in chunks that the calling thread and at::get_num_threads() - 1
+// helper threads claim (../cpu_pool.h).
 // The GIL is released for the call (binding below).
+
+//
+// Header-only so that other C++ ops (the decoder layer, ../decoder/cpu_decoder.cpp) call the same kernel
+// without going back through Python; ../cpu_ops.cpp is its Python binding.
+
+#pragma once
 
 #include <torch/extension.h>
 
-#include <omp.h>
+#include "../cpu_pool.h"
 
 #include <algorithm>
 #include <array>
@@ -34,9 +40,9 @@
 #define NPU_SERVE_HAS_BF16_GEMV 0
 #endif
 
-namespace {
+namespace npu_serve_gemv {
 
-constexpr int64_t kMaxRows = 32;
+inline constexpr int64_t kMaxRows = 32;
 
 #if NPU_SERVE_HAS_BF16_GEMV
 
@@ -142,14 +148,14 @@ template <size_t... I>
 constexpr std::array<RowsFn, sizeof...(I)> rows_table(std::index_sequence<I...>) {
   return {gemv_rows<static_cast<int>(I) + 1>...};
 }
-constexpr auto kRows = rows_table(std::make_index_sequence<kMaxRows>{});
+inline constexpr auto kRows = rows_table(std::make_index_sequence<kMaxRows>{});
 
 #endif
 
-bool available() { return NPU_SERVE_HAS_BF16_GEMV; }
+inline bool available() { return NPU_SERVE_HAS_BF16_GEMV; }
 
 // x [M, K] (any leading shape flattened by the caller), w [N, K], bias [N] or None; all bf16.
-torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias) {
+inline torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(NPU_SERVE_HAS_BF16_GEMV, "this CPU (or compiler) has no AVX512-BF16");
   TORCH_CHECK(x.device().is_cpu() && w.device().is_cpu(), "linear_bf16: CPU tensors only");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16, "linear_bf16: bf16 only");
@@ -169,35 +175,27 @@ torch::Tensor linear_bf16(const torch::Tensor& x, const torch::Tensor& w, const 
   const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
   auto* yp = y.data_ptr<at::BFloat16>();
   const RowsFn rows = kRows[M - 1];
-  // A thread gets at least ~4 MiB of weights / M: waking a sleeping OpenMP thread costs ~10 us, and
-  // one core streams a decode model's layers (0.2-2 MiB each) faster alone at 1 row (measured: 576x576
-  // at M = 1 takes 7 us on one thread, 19 us on two); from ~8 rows the work is VDPBF16PS-bound and
-  // grows with M, so the second core pays for itself on smaller layers (scripts/bench_cpu_gemv.py
-  // --threads 2: 0.91x of the weight-bytes-only rule at 16 rows, 0.82x at 32).
-  const int64_t min_rows_per_thread = std::max<int64_t>(8, (int64_t{2} << 20) / std::max<int64_t>(K, 1) / M);
-  const int nthreads = static_cast<int>(
-      std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), N / min_rows_per_thread)));
-  if (nthreads == 1) {
-    rows(xp, x.stride(0), wp, bp, K, 0, N, yp, N);
-  } else {
-#pragma omp parallel num_threads(nthreads)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t chunk = (N + nt - 1) / nt;
-      const int64_t n0 = std::min<int64_t>(N, t * chunk), n1 = std::min<int64_t>(N, n0 + chunk);
-      if (n0 < n1) rows(xp, x.stride(0), wp, bp, K, n0, n1, yp, N);
-    }
-  }
+  // Chunks of ~64 KiB of weights (a multiple of every block height), shared with the pool's helper
+  // threads (../cpu_pool.h: no wake-up or barrier cost, so even a 576x192 layer at one row splits).
+  // Two threads stream SmolLM2's weights at ~1.4x one thread's rate at one row; from ~8 rows the
+  // work is VDPBF16PS-bound and splits ~2x.
+  const int64_t chunk = std::max<int64_t>(16, ((int64_t{32} << 10) / std::max<int64_t>(K, 1) + 15) / 16 * 16);
+  struct Task {
+    RowsFn rows;
+    const uint16_t* x;
+    int64_t ldx;
+    const uint16_t* w;
+    const at::BFloat16* bias;
+    int64_t K, N, chunk;
+    at::BFloat16* y;
+  } task{rows, xp, x.stride(0), wp, bp, K, N, chunk, yp};
+  npu_serve_pool::Pool::instance().run((N + chunk - 1) / chunk, [](void* ctx, int64_t i) {
+    const Task& t = *static_cast<const Task*>(ctx);
+    const int64_t n0 = i * t.chunk, n1 = std::min(t.N, n0 + t.chunk);
+    t.rows(t.x, t.ldx, t.w, t.bias, t.K, n0, n1, t.y, t.N);
+  }, &task);
 #endif
   return y;
 }
 
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("available", &available, "True when built with AVX512-BF16");
-  m.def("max_rows", []() { return kMaxRows; });
-  m.def("linear_bf16", &linear_bf16, "y = x @ w.T (+ bias), bf16, 1-32 rows (CPU, AVX512-BF16)",
-        pybind11::arg("x"), pybind11::arg("w"), pybind11::arg("bias") = pybind11::none(),
-        pybind11::call_guard<pybind11::gil_scoped_release>());
-}
+}  // namespace npu_serve_gemv

@@ -1,0 +1,1 @@
+"""Decoder layers on CPU: a Llama-shaped layer's non-attention work in C++ (`cpu.py`)."""

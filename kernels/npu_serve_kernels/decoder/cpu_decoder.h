@@ -1,0 +1,179 @@
+// A Llama-shaped decoder layer's work outside attention, in C++: the same ATen ops, in the same
+// order and on tensors of the same shapes as transformers' Python forward, so every result is bit
+// for bit the one that forward computes; only the Python around each op is gone.
+//
+// Why: at one request per step (c=1) SmolLM2's 30 layers cost ~20 ms per token on this CPU, of which
+// ~10 ms are the linears and ~2 ms the ATen ops themselves; the rest is Python: ~45 op calls and ~13
+// nn.Module calls per layer, each a few microseconds (torch.profiler against wall time, 2026-12-02).
+// Called from C++ the same ops cost their dispatch only (~1 us), so a decode token should drop to
+// ~13-14 ms (docs/speed-issue12.md has the measurement).
+//
+// Why "the same ops" rather than our own fused loops: transformers' RMSNorm takes the mean of squares
+// through torch's vectorised cascade sum and SiLU through its vectorised exp (with a scalar tail
+// whose position depends on the tensor's length); reproducing those bit for bit is fragile, calling
+// them is exact by construction. npu_serve/worker/fast_decoder.py checks it at every engine build
+// (both forwards, compared with torch.equal) and keeps transformers' forward if anything differs.
+//
+// Shapes follow transformers (hidden states [1, T, C] for a packed batch of T tokens), because
+// TensorIterator's vector/scalar split and its threading chunks depend on them. Linears go through
+// the bf16 GEMV kernel exactly where npu_serve/worker/cpu_linear.py would send them (inputs of at
+// most `gemv_rows` rows, bf16), else at::linear, as F.linear does.
+
+#pragma once
+
+#include <torch/extension.h>
+
+#include "../linear/cpu_gemv.h"
+#include "../paged_attention/cpu_decode.h"
+
+#include <omp.h>
+
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace npu_serve_decoder {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+
+// Runs the ops in its scope on the calling thread alone: torch's elementwise ops split a big tensor over
+// OpenMP's threads, and with OMP_WAIT_POLICY=PASSIVE each such region wakes a sleeping thread for less
+// work than the wake-up costs. Only for ops whose every output element is computed the same way
+// whatever the split (copies, +, *, neg, pow(2), per-row means): SiLU is not (torch's vectorised exp
+// and its scalar tail differ in the last bit, and the tail moves with the split), nor the matmuls.
+// (RMSNorm's rsqrt is also transcendental, but on one value per row: below torch's grain size, so never
+// split, up to at::internal::GRAIN_SIZE rows; past that the scope does nothing.)
+class Serial {
+ public:
+  explicit Serial(int64_t rows) : threads_(omp_get_max_threads()), on_(rows <= at::internal::GRAIN_SIZE) {
+    if (on_) omp_set_num_threads(1);
+  }
+  ~Serial() {
+    if (on_) omp_set_num_threads(threads_);
+  }
+  Serial(const Serial&) = delete;
+  Serial& operator=(const Serial&) = delete;
+
+ private:
+  int threads_;
+  bool on_;
+};
+
+struct Linear {
+  Tensor weight;
+  OptTensor bias;
+  int64_t gemv_rows;  // inputs of 1..gemv_rows rows (bf16) go to the GEMV kernel; 0: never
+
+  Tensor operator()(const Tensor& x) const {
+    const int64_t k = x.size(-1);
+    const int64_t rows = k ? x.numel() / k : 0;
+    if (rows >= 1 && rows <= gemv_rows && x.scalar_type() == at::kBFloat16) {
+      Tensor x2 = x.reshape({rows, k});
+      if (x2.stride(1) != 1) x2 = x2.contiguous();
+      Tensor y = npu_serve_gemv::linear_bf16(x2, weight, bias);
+      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+      shape.back() = y.size(1);
+      return y.view(shape);
+    }
+    return at::linear(x, weight, bias);
+  }
+};
+
+// transformers' LlamaRMSNorm.forward, op for op.
+inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  Tensor h = x.to(at::kFloat);
+  Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * at::rsqrt(variance + eps);
+  return weight * h.to(x.scalar_type());
+}
+
+// transformers' rotate_half and apply_rotary_pos_emb for one of q / k: x [1, T, H, D], cos/sin [1, T, D].
+// (transformers applies it to the transposed [1, H, T, D] view; elementwise ops give the same values.)
+inline Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  Tensor rotated = at::cat({x.slice(-1, half).neg(), x.slice(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+class DecoderLayer {
+ public:
+  DecoderLayer(Tensor input_norm, Tensor post_norm, double eps, Linear q, Linear k, Linear v, Linear o, Linear gate,
+               Linear up, Linear down, OptTensor q_norm, OptTensor k_norm, double qk_eps, int64_t num_heads,
+               int64_t num_kv_heads, int64_t head_dim, int64_t v_head_dim)
+      : input_norm_(std::move(input_norm)), post_norm_(std::move(post_norm)), eps_(eps), q_(std::move(q)),
+        k_(std::move(k)), v_(std::move(v)), o_(std::move(o)), gate_(std::move(gate)), up_(std::move(up)),
+        down_(std::move(down)), q_norm_(std::move(q_norm)), k_norm_(std::move(k_norm)), qk_eps_(qk_eps),
+        num_heads_(num_heads), num_kv_heads_(num_kv_heads), head_dim_(head_dim), v_head_dim_(v_head_dim) {}
+
+  // Input norm, q/k/v projections, (Qwen3's per-head q/k norms,) RoPE: the query [T, H, D], key
+  // [T, Hkv, D] and value [T, Hkv, Dv] the attention backend takes. x: [1, T, C].
+  std::tuple<Tensor, Tensor, Tensor> attention_in(const Tensor& x, const Tensor& cos, const Tensor& sin) const {
+    const int64_t T = x.size(1);
+    Tensor h;
+    {
+      Serial serial(T);
+      h = rms_norm(x, input_norm_, eps_);
+    }
+    Tensor q = q_(h).view({1, T, num_heads_, head_dim_});
+    Tensor k = k_(h).view({1, T, num_kv_heads_, head_dim_});
+    Tensor v = v_(h).view({T, num_kv_heads_, v_head_dim_});
+    Serial serial(T);
+    if (q_norm_.has_value()) q = rms_norm(q, *q_norm_, qk_eps_);
+    if (k_norm_.has_value()) k = rms_norm(k, *k_norm_, qk_eps_);
+    const Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // [1, T, 1, D]: broadcast over heads
+    return {rotary(q, c, s)[0], rotary(k, c, s)[0], v};
+  }
+
+  // The whole layer for a step of decodes only (one new token per request) on the CPU attention
+  // backend, with the attention that backend runs (attention/cpu.py): the new K/V written into their
+  // slots with index_copy_, then the paged-decode kernel (../paged_attention/cpu_decode.h).
+  Tensor decode_layer(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& key_cache,
+                      const Tensor& value_cache, const Tensor& slot_mapping, const Tensor& block_tables,
+                      const Tensor& seq_lens, double scale, int64_t window, double softcap) const {
+    auto [q, k, v] = attention_in(x, cos, sin);
+    key_cache.view({-1, key_cache.size(2), key_cache.size(3)}).index_copy_(0, slot_mapping, k);
+    value_cache.view({-1, value_cache.size(2), value_cache.size(3)}).index_copy_(0, slot_mapping, v);
+    const Tensor attn = npu_serve_decode::paged_decode(q.contiguous(), key_cache, value_cache, block_tables, seq_lens,
+                                                       scale, window, softcap, c10::nullopt);
+    return attention_out_mlp(x, attn);
+  }
+
+  // The rest of the layer after attention: o_proj, residual, post-attention norm, SwiGLU MLP, residual.
+  // x: the layer's input [1, T, C]; attn: the backend's output [T, H, Dv].
+  Tensor attention_out_mlp(const Tensor& x, const Tensor& attn) const {
+    const int64_t T = x.size(1);
+    Tensor a, mid, h;
+    {
+      Serial serial(T);
+      a = attn.reshape({1, T, -1}).contiguous();
+    }
+    const Tensor o = o_(a);
+    {
+      Serial serial(T);
+      mid = x + o;
+      h = rms_norm(mid, post_norm_, eps_);
+    }
+    const Tensor act = at::silu(gate_(h));
+    const Tensor up = up_(h);
+    Tensor gated;
+    {
+      Serial serial(T);
+      gated = act * up;
+    }
+    const Tensor mlp = down_(gated);
+    Serial serial(T);
+    return mid + mlp;
+  }
+
+ private:
+  Tensor input_norm_, post_norm_;
+  double eps_;
+  Linear q_, k_, v_, o_, gate_, up_, down_;
+  OptTensor q_norm_, k_norm_;
+  double qk_eps_;
+  int64_t num_heads_, num_kv_heads_, head_dim_, v_head_dim_;
+};
+
+}  // namespace npu_serve_decoder
+
