@@ -27,6 +27,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -50,8 +51,14 @@ class Pool {
   static constexpr int64_t kSpinMicros = 200;
 
   static Pool& instance() {
-    static Pool* pool = new Pool();  // never destroyed: its helper threads are detached
-    return *pool;
+    static bool registered = [] {
+      // A forked child has none of the parent's helper threads, and may have inherited a mutex one
+      // of them held: it starts over with a fresh pool (the old one is dropped, not destroyed).
+      pthread_atfork(nullptr, nullptr, [] { current() = new Pool(); });
+      return true;
+    }();
+    (void)registered;
+    return *current();
   }
 
   // fn(ctx, i) for every i in [0, n), by the calling thread and whichever helpers are awake; returns
@@ -80,6 +87,11 @@ class Pool {
   }
 
  private:
+  static Pool*& current() {
+    static Pool* pool = new Pool();  // never destroyed: its helper threads are detached
+    return pool;
+  }
+
   // word_: generation (16 bits) | chunk count (24) | next chunk (24).
   static constexpr uint64_t kGenMask = 0xFFFF;
   static constexpr int64_t kMaxCount = int64_t{1} << 24;

@@ -136,3 +136,28 @@ def test_helper_threads_change_no_bit_and_lose_no_chunk():
         assert not errors, errors[:5]
     finally:
         torch.set_num_threads(before)
+
+
+@needs_kernel
+def test_a_forked_child_gets_a_pool_of_its_own():
+    """The child of a fork has none of the parent's helper threads (cpu_pool.h starts it a fresh pool):
+    its kernels still split over helpers of its own and give the same bits, and it does not hang."""
+    import multiprocessing as mp
+
+    torch.manual_seed(1)
+    x, w = torch.randn(4, 576).bfloat16(), (torch.randn(4096, 576) / 24).bfloat16()
+    want = gemv.linear_bf16(x, w)  # the parent's pool is started and its helper asleep or spinning
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got, new_threads = pool.apply_async(_linear_in_child, (x, w)).get(timeout=60)
+    assert torch.equal(got, want)
+    assert new_threads >= 1, "the child's kernels ran without a helper thread of its own"
+
+
+def _linear_in_child(x, w):
+    import os
+
+    torch.set_num_threads(2)
+    before = len(os.listdir("/proc/self/task"))
+    y = [gemv.linear_bf16(x, w) for _ in range(50)][-1]
+    return y, len(os.listdir("/proc/self/task")) - before
