@@ -2,7 +2,7 @@
 
 Decode attention on CPU is bound by memory traffic. The torch path gathers each request's blocks
 into a padded copy and SDPA copies again; the kernel (kernels/npu_serve_kernels/paged_attention/
-cpu_decode.cpp) reads every K/V row of the paged cache once, in place, for all query heads that
+cpu_decode.h) reads every K/V row of the paged cache once, in place, for all query heads that
 share it. Measured per layer (64 decodes, contexts 32-640, SmolLM2 heads, bf16): 0.63 ms against
 5.8 ms for the bucketed torch path on 1 thread, 0.36 ms against 3.9 ms on 2
 (scripts/bench_cpu_decode.py). If the kernel cannot be built here (no compiler, no ninja), this

@@ -5,7 +5,7 @@ bf16 GEMM through torch reads the weights at a fraction of what one core can str
 (perf-notes.md: ~27 ms of a 32 ms SmolLM2 token in `aten::mm`), so each `nn.Linear` of a bf16 model
 on CPU gets a forward that sends inputs of at most `max_rows` rows to the kernel and everything else
 (prefill chunks, big batches, other dtypes) to `F.linear` as before. Same contract as `F.linear`
-(fp32 sums, one rounding to bf16); only the order of the fp32 sums differs (cpu_gemv.cpp).
+(fp32 sums, one rounding to bf16); only the order of the fp32 sums differs (cpu_gemv.h).
 
 Installed by CpuPlatform.prepare_model; EngineConfig.cpu_gemv_rows chooses `max_rows` (0: off).
 """

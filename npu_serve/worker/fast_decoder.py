@@ -2,7 +2,7 @@
 
 A decode step of a small model on CPU is mostly interpreter: at one request per step SmolLM2's
 transformers forward makes ~45 torch calls and ~13 module calls per layer, and those cost more than
-the arithmetic they launch (cpu_decoder.cpp has the figures). For the families whose decoder layer is
+the arithmetic they launch (cpu_decoder.h has the figures). For the families whose decoder layer is
 transformers' Llama layer (Llama, Mistral, Qwen2; Qwen3 adds per-head q/k norms), each layer here is
 two C++ calls around our attention backend: `attention_in` (norm, q/k/v, RoPE) and
 `attention_out_mlp` (o_proj, residual, norm, SwiGLU, residual). They call the same ATen ops on tensors
@@ -10,7 +10,7 @@ of the same shapes as transformers does, and the linears that `cpu_linear` sent 
 to the same kernel, so the hidden states are bit-identical.
 
 "Bit-identical" is checked, not assumed: the model runner's dry run at engine build runs a prefill
-and a decode through both forwards and compares them with torch.equal (`matches`); any difference
+and a decode through both forwards and compares them with torch.equal (`ModelRunner._fast_matches`); any difference
 (another transformers version, a model whose modules were swapped) keeps transformers' forward and
 logs why. So does anything this module does not recognise: another family, forward hooks (tensor
 parallelism installs them), sharded parameters.
@@ -42,8 +42,7 @@ def unfit(model: torch.nn.Module) -> str | None:
         return f"{name} is not one of {', '.join(FAMILIES)}"
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return "global module hooks are installed"
-    lm_head = getattr(model, "lm_head", None)
-    if type(lm_head) is not torch.nn.Linear or ("forward" in lm_head.__dict__ and not hasattr(lm_head, "_npu_serve_gemv_rows")):
+    if not _plain_linear(getattr(model, "lm_head", None)):
         return "lm_head is not a plain nn.Linear"
     for mod_name, module in model.named_modules():
         if module._forward_hooks or module._forward_pre_hooks:
@@ -57,11 +56,16 @@ def unfit(model: torch.nn.Module) -> str | None:
     for layer in base.layers[: model.config.num_hidden_layers]:
         attn, mlp = layer.self_attn, layer.mlp
         for lin in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj):
-            if type(lin) is not torch.nn.Linear:
-                return f"layer {attn.layer_idx} has a {type(lin).__name__} where nn.Linear was expected"
-            if "forward" in lin.__dict__ and not hasattr(lin, "_npu_serve_gemv_rows"):
-                return f"layer {attn.layer_idx}: a linear's forward was replaced by someone else"
+            if not _plain_linear(lin):
+                return f"layer {attn.layer_idx} has a {type(lin).__name__} that is not a plain nn.Linear"
     return None
+
+
+def _plain_linear(module) -> bool:
+    """An nn.Linear whose forward is its class's or the one cpu_linear gave it (which the C++ Linear
+    reproduces), not a subclass or somebody else's replacement."""
+    return type(module) is torch.nn.Linear and ("forward" not in module.__dict__
+                                                or hasattr(module, "_npu_serve_gemv_rows"))
 
 
 class FastDecoder:
@@ -88,6 +92,7 @@ class FastDecoder:
         for layer in base.layers[: config.num_hidden_layers]:
             attn, mlp = layer.self_attn, layer.mlp
             q_norm, k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+            num_kv_heads = attn.k_proj.out_features // attn.head_dim
             self._layers.append(ext.DecoderLayer(
                 layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                 float(layer.input_layernorm.variance_epsilon),
@@ -95,8 +100,8 @@ class FastDecoder:
                 linear(mlp.gate_proj), linear(mlp.up_proj), linear(mlp.down_proj),
                 None if q_norm is None else q_norm.weight, None if k_norm is None else k_norm.weight,
                 float(q_norm.variance_epsilon) if q_norm is not None else 0.0,
-                attn.q_proj.out_features // attn.head_dim, attn.k_proj.out_features // attn.head_dim,
-                attn.head_dim, attn.v_proj.out_features // (attn.k_proj.out_features // attn.head_dim),
+                attn.q_proj.out_features // attn.head_dim, num_kv_heads,
+                attn.head_dim, attn.v_proj.out_features // num_kv_heads,
             ))
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch
 from npu_serve.attention import hf_bridge
 from npu_serve.attention.backend import AttentionBackend, AttentionLayer, AttentionMetadata
 from npu_serve.engine.beam_search import candidates_per_beam
-from npu_serve.engine.messages import RunnerOutput, SamplingRequest, SchedulerOutput
+from npu_serve.engine.messages import RunnerOutput, SamplingRequest, ScheduledRequest, SchedulerOutput
 from npu_serve.errors import UnsupportedModel
 from npu_serve.sampling_params import SamplingParams
 from npu_serve.worker.fast_decoder import FastDecoder
@@ -100,27 +100,14 @@ class ModelRunner:
             return False
         vocab = self.model.get_input_embeddings().num_embeddings
         n = prefill_blocks * bs
-        dev = self.device
-        ids = (torch.arange(n + 1, device=dev) * 7919 + 11) % vocab
-        steps = [  # (tokens, first position, num_decodes, block table)
-            (ids[:n], 0, 0, blocks[:-1]),
-            (ids[n:], n, 1, blocks),
-        ]
+        ids = [(p * 7919 + 11) % vocab for p in range(n + 1)]
+        # Packed by _prepare, as serving steps are: the prefill, then one decode over it.
+        steps = [ScheduledRequest("fast-check", 0, ids[:n], blocks[:-1], sample=False),
+                 ScheduledRequest("fast-check", n, ids[n:], blocks, sample=False)]
         same = True
         try:
-            for tokens, start, num_decodes, table in steps:
-                t = tokens.numel()
-                meta = AttentionMetadata(
-                    num_tokens=t, num_decodes=num_decodes,
-                    query_start_loc=torch.tensor([0, t], dtype=torch.int32, device=dev),
-                    seq_lens=torch.tensor([start + t], dtype=torch.int32, device=dev),
-                    block_tables=torch.tensor([table], dtype=torch.int32, device=dev),
-                    slot_mapping=torch.tensor([table[p // bs] * bs + p % bs for p in range(start, start + t)],
-                                              dtype=torch.int64, device=dev),
-                    query_start_loc_cpu=[0, t], seq_lens_cpu=[start + t], block_size=bs,
-                )
-                input_ids = tokens.view(1, t)
-                positions = torch.arange(start, start + t, device=dev).view(1, t)
+            for step in steps:
+                input_ids, positions, meta, _ = self._prepare(SchedulerOutput([step], step.num_new_tokens))
                 ctx = ForwardContext(meta, self.kv_caches, self.backend, self.layers)
                 with torch.inference_mode(), forward_context(ctx):
                     ref = self.model.get_decoder()(input_ids=input_ids, position_ids=positions,
@@ -129,7 +116,7 @@ class ModelRunner:
                 if not torch.equal(ref, got):
                     diff = (ref.float() - got.float()).abs().max().item()
                     logger.warning("C++ decoder layers not used: their hidden states differ from transformers' "
-                                   "(max abs difference %.3g at %d tokens)", diff, t)
+                                   "(max abs difference %.3g at %d tokens)", diff, meta.num_tokens)
                     same = False
                     break
         finally:

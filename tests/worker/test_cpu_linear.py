@@ -1,4 +1,4 @@
-"""The CPU bf16 GEMV kernel (kernels/npu_serve_kernels/linear/cpu_gemv.cpp) and the small-batch linears
+"""The CPU bf16 GEMV kernel (kernels/npu_serve_kernels/linear/cpu_gemv.h) and the small-batch linears
 that use it (npu_serve/worker/cpu_linear.py): same results as F.linear up to fp32 summation order."""
 
 from __future__ import annotations

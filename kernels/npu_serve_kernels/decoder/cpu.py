@@ -6,9 +6,7 @@ warning once and returns False, and the model runner keeps transformers' own for
 
 from __future__ import annotations
 
-from npu_serve_kernels.cpu_ops import EXT
-
-_EXT = EXT
+from npu_serve_kernels.cpu_ops import EXT as _EXT
 
 
 def available() -> bool:

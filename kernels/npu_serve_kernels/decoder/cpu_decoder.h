@@ -11,7 +11,7 @@
 // Why "the same ops" rather than our own fused loops: transformers' RMSNorm takes the mean of squares
 // through torch's vectorised cascade sum and SiLU through its vectorised exp (with a scalar tail
 // whose position depends on the tensor's length); reproducing those bit for bit is fragile, calling
-// them is exact by construction. npu_serve/worker/fast_decoder.py checks it at every engine build
+// them is exact by construction. The model runner (ModelRunner._fast_matches) checks it at every engine build
 // (both forwards, compared with torch.equal) and keeps transformers' forward if anything differs.
 //
 // Shapes follow transformers (hidden states [1, T, C] for a packed batch of T tokens), because

@@ -19,7 +19,7 @@
 // The GIL is released for the call (binding below).
 
 //
-// Header-only so that other C++ ops (the decoder layer, ../decoder/cpu_decoder.cpp) call the same kernel
+// Header-only so that other C++ ops (the decoder layer, ../decoder/cpu_decoder.h) call the same kernel
 // without going back through Python; ../cpu_ops.cpp is its Python binding.
 
 #pragma once

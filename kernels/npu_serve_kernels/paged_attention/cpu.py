@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from npu_serve_kernels.cpu_ops import EXT
-
-_EXT = EXT
+from npu_serve_kernels.cpu_ops import EXT as _EXT
 
 
 def _load():

@@ -16,7 +16,7 @@
 // logits take part in the softmax's max and denominator only. Values may have another head size
 // than keys (MLA as transformers runs it): compiled-in sizes apply only where the two agree.
 //
-// Header-only so that the C++ decoder layer (../decoder/cpu_decoder.cpp) runs a decode step's
+// Header-only so that the C++ decoder layer (../decoder/cpu_decoder.h) runs a decode step's
 // attention without going back through Python; ../cpu_ops.cpp is its Python binding.
 
 #pragma once
