@@ -42,8 +42,9 @@ using OptTensor = c10::optional<Tensor>;
 // work than the wake-up costs. Only for ops whose every output element is computed the same way
 // whatever the split (copies, +, *, neg, pow(2), per-row means): SiLU is not (torch's vectorised exp
 // and its scalar tail differ in the last bit, and the tail moves with the split), nor the matmuls.
-// (RMSNorm's rsqrt is also transcendental, but on one value per row: below torch's grain size, so never
-// split, up to at::internal::GRAIN_SIZE rows; past that the scope does nothing.)
+// (RMSNorm's rsqrt runs on one value per normalised row: torch never splits it below its grain size,
+// so the scope is on only while those values number at most at::internal::GRAIN_SIZE; `rows` is that
+// count: T for the layer norms, T x heads for Qwen3's per-head q/k norms.)
 class Serial {
  public:
   explicit Serial(int64_t rows) : threads_(omp_get_max_threads()), on_(rows <= at::internal::GRAIN_SIZE) {
@@ -118,7 +119,7 @@ class DecoderLayer {
     Tensor q = q_(h).view({1, T, num_heads_, head_dim_});
     Tensor k = k_(h).view({1, T, num_kv_heads_, head_dim_});
     Tensor v = v_(h).view({T, num_kv_heads_, v_head_dim_});
-    Serial serial(T);
+    Serial serial(q_norm_.has_value() ? T * num_heads_ : T);  // Qwen3's q norm: one rsqrt per token and head
     if (q_norm_.has_value()) q = rms_norm(q, *q_norm_, qk_eps_);
     if (k_norm_.has_value()) k = rms_norm(k, *k_norm_, qk_eps_);
     const Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // [1, T, 1, D]: broadcast over heads
