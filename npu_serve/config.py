@@ -61,11 +61,13 @@ class EngineConfig:
     attention_backend: str | None = option(None, "attention backend (default: the device's; the "
                                            "NPU_SERVE_ATTENTION_BACKEND environment variable is the fallback)",
                                            metavar="NAME")
-    # Measured on SmolLM2 decode steps (paired runs, wall time, docs/speed-issue12.md): with the kernel's own
-    # helper threads (cpu_pool.h) 0.72x of oneDNN's step at 24 rows and 0.82x at 32 (the kernel's most rows).
-    cpu_gemv_rows: int = option(32, "on CPU with bfloat16 weights, linear layers whose input has at most this many "
-                                "rows (decode steps of up to this many requests) run on npu-serve's AVX512-BF16 "
-                                "matrix-vector kernel instead of oneDNN (at most 32; 0 turns it off)", metavar="ROWS")
+    # Measured on SmolLM2 (docs/speed-issue12.md): the kernel over packed weights against oneDNN, 2 threads,
+    # a step's linears: 0.24x at 1 row, 0.51x at 32, 0.63x at 250 (a Xeon without AMX); with AMX oneDNN
+    # runs prefill-sized products on its tiles, which VDPBF16PS does not approach.
+    cpu_gemv_rows: int | None = option(None, "on CPU with bfloat16 weights, linear layers whose input has at most "
+                                       "this many rows run on npu-serve's AVX512-BF16 kernel over packed weights "
+                                       "instead of oneDNN (0 turns it off; default: every input on CPUs without "
+                                       "AMX, decode batches of up to 32 rows on CPUs with AMX)", metavar="ROWS")
     # Measured on SmolLM2 (docs/speed-issue12.md): the per-layer Python of transformers' forward was about
     # a third of a decode step at one request.
     cpu_fast_decoder: bool = option(True, "turn off npu-serve's C++ decoder layers on CPU (Llama, Mistral, Qwen2, "
@@ -92,9 +94,9 @@ class EngineConfig:
         for name in ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "num_kv_blocks",
                      "tensor_parallel_size", "nnodes"):
             positive(name, getattr(self, name))
-        if not isinstance(self.cpu_gemv_rows, int) or isinstance(self.cpu_gemv_rows, bool) \
-                or not 0 <= self.cpu_gemv_rows <= 32:
-            raise InvalidParameter("cpu_gemv_rows", f"cpu_gemv_rows must be an integer from 0 to 32, got {self.cpu_gemv_rows!r}")
+        if self.cpu_gemv_rows is not None and (not isinstance(self.cpu_gemv_rows, int)
+                                               or isinstance(self.cpu_gemv_rows, bool) or self.cpu_gemv_rows < 0):
+            raise InvalidParameter("cpu_gemv_rows", f"cpu_gemv_rows must be an integer >= 0, got {self.cpu_gemv_rows!r}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
             raise InvalidParameter("num_kv_blocks", "num_kv_blocks must be at least 2 (block 0 is reserved)")
         if not 0.0 < self.kv_cache_memory_fraction <= 1.0:

@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""The bf16 GEMV kernel (npu_serve_kernels.linear) against F.linear (oneDNN) on SmolLM2-135M's linear
-shapes, per input row count, one thread (--threads), paired and alternated in one process:
+"""The bf16 linear kernel over packed weights (npu_serve_kernels.linear, both tile variants) against
+F.linear (oneDNN) on SmolLM2-135M's linear shapes, per input row count, one thread (--threads), paired
+and alternated in one process:
 
   .venv/bin/python scripts/bench_cpu_gemv.py [--rows 1,2,4,8,12,16] [--other-source old.cpp]
 
 For each row count it times one decode step's worth of linears (30 layers of q, k, v, o, gate, up,
 down, then lm_head; weights far larger than the caches, as in a real step) with the kernel and with
 F.linear, alternating, and prints the best-of-N step times and the ratio kernel / F.linear.
-`--other-source` builds a second copy of the kernel from another source file (e.g. an older version
-from git) and times it in the same alternation.
+`--other-source` builds another kernel from a source file that binds `linear_bf16(x, w)` and
+`max_rows()` (e.g. the GEMV kernel of commit 7e41019 with a binding) and times it in the same alternation.
 """
 
 from __future__ import annotations
@@ -38,12 +39,22 @@ def main() -> None:
     torch.manual_seed(0)
     weights = [(torch.randn(n, k) / k**0.5).bfloat16() for _ in range(LAYERS) for n, k in SHAPES]
     weights.append((torch.randn(V, H) / H**0.5).bfloat16())
-    fns = {"F.linear": F.linear, "kernel": gemv.linear_bf16}
+    packed = {id(w): gemv.pack(w) for w in weights}
+
+    def variant(name):
+        def run(x, w):
+            return packed[id(w)](x)
+        return name, run
+
+    fns = {"F.linear": F.linear}
+    chosen = gemv.variant()
+    fns.update(dict([variant("dot"), variant("fma")]))
     if args.other_source:
         other = CpuExtension("npu_serve_cpu_gemv_other", args.other_source, "other GEMV").load()
         fns["other"] = other.linear_bf16
         other_max = other.max_rows()
-    print(f"{'rows':>4} " + " ".join(f"{n:>10}" for n in fns) + "  kernel/F.linear" +
+    print(f"kernel variant chosen here: {chosen}")
+    print(f"{'rows':>4} " + " ".join(f"{n:>10}" for n in fns) + "  dot/F.linear  fma/F.linear" +
           ("  kernel/other" if "other" in fns else ""))
     with torch.inference_mode():
         for m in [int(r) for r in args.rows.split(",")]:
@@ -52,15 +63,18 @@ def main() -> None:
             best = {n: float("inf") for n in fns}
             for _ in range(args.repeats):
                 for name, fn in run.items():
+                    if name in ("dot", "fma"):
+                        gemv.set_variant(name)
                     t0 = time.perf_counter()
                     for w in weights:
                         fn(xs[w.shape[1]], w)
                     best[name] = min(best[name], time.perf_counter() - t0)
             line = f"{m:>4} " + " ".join(f"{best[n] * 1e3:>8.2f}ms" for n in fns)
-            line += f"  {best['kernel'] / best['F.linear']:>15.2f}"
+            line += f"  {best['dot'] / best['F.linear']:>12.2f}  {best['fma'] / best['F.linear']:>12.2f}"
             if "other" in run:
-                line += f"  {best['kernel'] / best['other']:>12.2f}"
+                line += f"  dot/other {best['dot'] / best['other']:.2f}"
             print(line, flush=True)
+    gemv.set_variant(chosen)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 // Each kernel, and its reasons, lives in its header; this file is only their Python bindings.
 
 #include "decoder/cpu_decoder.h"
-#include "linear/cpu_gemv.h"
+#include "linear/cpu_gemm.h"
 #include "paged_attention/cpu_decode.h"
 
 namespace py = pybind11;
@@ -11,14 +11,25 @@ using npu_serve_decoder::DecoderLayer;
 using npu_serve_decoder::Linear;
 using npu_serve_decoder::OptTensor;
 using npu_serve_decoder::rms_norm;
+using npu_serve_gemm::PackedWeight;
 using at::Tensor;
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  // linear/cpu_gemv.h
-  m.def("gemv_available", &npu_serve_gemv::available, "True when built with AVX512-BF16");
-  m.def("gemv_max_rows", []() { return npu_serve_gemv::kMaxRows; });
-  m.def("linear_bf16", &npu_serve_gemv::linear_bf16, "y = x @ w.T (+ bias), bf16, 1-32 rows (CPU, AVX512-BF16)",
-        py::arg("x"), py::arg("w"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
+  // linear/cpu_gemm.h
+  m.def("gemm_available", &npu_serve_gemm::available, "True when built with AVX512-BF16");
+  m.def("gemm_variant", []() { return npu_serve_gemm::variant() == npu_serve_gemm::kFma ? "fma" : "dot"; },
+        "the tiles linear() uses on this CPU (timed on first use: same bits, different speed)");
+  m.def("gemm_set_variant", [](const std::string& name) {
+    TORCH_CHECK(name == "dot" || name == "fma", "gemm variant: 'dot' or 'fma', got '", name, "'");
+    npu_serve_gemm::variant_slot().store(name == "fma" ? npu_serve_gemm::kFma : npu_serve_gemm::kDot);
+  }, py::arg("name"));
+  py::class_<PackedWeight, std::shared_ptr<PackedWeight>>(m, "PackedWeight")
+      .def(py::init<Tensor>(), py::arg("weight"), "a bf16 [N, K] weight packed for the kernel (a copy)")
+      .def_readonly("data", &PackedWeight::data)
+      .def_readonly("out_features", &PackedWeight::out_features)
+      .def_readonly("in_features", &PackedWeight::in_features)
+      .def("__call__", &PackedWeight::operator(), "y = x @ w.T (+ bias) for bf16 x [M, K] (CPU, AVX512-BF16)",
+           py::arg("x"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
 
   // paged_attention/cpu_decode.h. The GIL is released while the kernel runs: in the server the event
   // loop's thread (SSE, JSON) then runs beside the engine's attention instead of waiting for it.
@@ -30,10 +41,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // decoder/cpu_decoder.h.
   // The GIL is released around every call: the server's event loop runs while the engine computes.
   py::class_<Linear>(m, "Linear")
-      .def(py::init([](Tensor weight, OptTensor bias, int64_t gemv_rows) {
-             return Linear{std::move(weight), std::move(bias), gemv_rows};
+      .def(py::init([](Tensor weight, OptTensor bias, std::shared_ptr<PackedWeight> packed, int64_t gemm_rows) {
+             return Linear{std::move(weight), std::move(bias), std::move(packed), gemm_rows};
            }),
-           py::arg("weight"), py::arg("bias"), py::arg("gemv_rows"))
+           py::arg("weight"), py::arg("bias"), py::arg("packed"), py::arg("gemm_rows"))
       .def("__call__", &Linear::operator(), py::call_guard<py::gil_scoped_release>());
   py::class_<DecoderLayer>(m, "DecoderLayer")
       .def(py::init<Tensor, Tensor, double, Linear, Linear, Linear, Linear, Linear, Linear, Linear, OptTensor,

@@ -14,6 +14,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 EXT = CpuExtension(
     "npu_serve_cpu_ops", os.path.join(_HERE, "cpu_ops.cpp"), "npu-serve's CPU kernels",
-    depends=tuple(os.path.join(_HERE, f) for f in ("cpu_pool.h", "linear/cpu_gemv.h", "paged_attention/cpu_decode.h",
+    depends=tuple(os.path.join(_HERE, f) for f in ("cpu_pool.h", "linear/cpu_gemm.h", "paged_attention/cpu_decode.h",
                                                    "decoder/cpu_decoder.h")),
 )

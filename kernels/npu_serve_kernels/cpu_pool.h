@@ -3,7 +3,7 @@
 // Why not OpenMP: a decode step calls ~200 small kernels (7-60 us each at one request). With
 // OMP_WAIT_POLICY=PASSIVE (our default: spinning threads are pathological on a shared 2-core box) each
 // parallel region wakes its threads through the kernel (~10-20 us) and ends in a barrier that waits for
-// all of them, so a second thread lost time on every layer below ~4 MiB of weights (cpu_gemv.h). Yet two
+// all of them, so a second thread lost time on every layer below ~4 MiB of weights (the GEMV kernel before linear/cpu_gemm.h). Yet two
 // threads stream weights at 1.37x one thread's rate (128 MiB at one row: 29.7 -> 40.6 GB/s).
 //
 // Here the work is a list of chunks claimed one at a time from one atomic word (generation, count, next

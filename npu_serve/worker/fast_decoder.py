@@ -6,7 +6,7 @@ the arithmetic they launch (cpu_decoder.h has the figures). For the families who
 transformers' Llama layer (Llama, Mistral, Qwen2; Qwen3 adds per-head q/k norms), each layer here is
 two C++ calls around our attention backend: `attention_in` (norm, q/k/v, RoPE) and
 `attention_out_mlp` (o_proj, residual, norm, SwiGLU, residual). They call the same ATen ops on tensors
-of the same shapes as transformers does, and the linears that `cpu_linear` sent to the GEMV kernel go
+of the same shapes as transformers does, and the linears that `cpu_linear` sent to the linear kernel go
 to the same kernel, so the hidden states are bit-identical.
 
 "Bit-identical" is checked, not assumed: the model runner's dry run at engine build runs a prefill
@@ -80,10 +80,11 @@ class FastDecoder:
         self._norm_weight, self._norm_eps = base.norm.weight, float(base.norm.variance_epsilon)
 
         def linear(lin: torch.nn.Linear):
-            # The rows limit cpu_linear gave this linear (0: it runs F.linear at every size).
-            return ext.Linear(lin.weight, lin.bias, int(getattr(lin, "_npu_serve_gemv_rows", 0)))
+            # The packed copy and rows limit cpu_linear gave this linear (none: F.linear at every size).
+            return ext.Linear(lin.weight, lin.bias, getattr(lin, "_npu_serve_packed", None),
+                              int(getattr(lin, "_npu_serve_gemv_rows", 0)))
 
-        # lm_head too, so that a step's GEMV calls all go through this extension's thread pool.
+        # lm_head too, so that a step's kernel calls all go through this extension's thread pool.
         self._lm_head = linear(model.lm_head)
         # What the CPU backend passes its decode kernel for each layer (attention/cpu.py).
         self._decode_args = [(layer.scale, layer.sliding_window or 0, layer.logit_softcap or 0.0) for layer in layers]

@@ -88,8 +88,8 @@ class ModelRunner:
 
     def _fast_matches(self, fast: FastDecoder) -> bool:
         """Whether `fast` computes transformers' hidden states bit for bit: a prefill of at least 64 tokens
-        (more rows than the GEMV kernel takes, and enough that torch splits the layers' elementwise ops
-        over its threads) into blocks 1.., then one decode over them into the next block, each through
+        (more rows than a decode batch, so oneDNN's where the linear kernel keeps to decode batches, and
+        enough that torch splits the layers' elementwise ops over its threads) into blocks 1.., then one decode over them into the next block, each through
         both forwards (the second writes the same K/V over the first's). Those blocks are zeroed
         afterwards. False (logged) on any difference or when the pool is too small to check."""
         bs = self.block_size

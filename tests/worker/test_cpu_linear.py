@@ -1,5 +1,6 @@
-"""The CPU bf16 GEMV kernel (kernels/npu_serve_kernels/linear/cpu_gemv.h) and the small-batch linears
-that use it (npu_serve/worker/cpu_linear.py): same results as F.linear up to fp32 summation order."""
+"""The CPU bf16 linear kernel over packed weights (kernels/npu_serve_kernels/linear/cpu_gemm.h) and the
+small-batch linears that use it (npu_serve/worker/cpu_linear.py): same results as F.linear up to fp32
+summation order, and the same bits for a row whatever else is in its batch."""
 
 from __future__ import annotations
 
@@ -21,32 +22,80 @@ def _bf16_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tens
 
 
 @needs_kernel
-@pytest.mark.parametrize("m", range(1, gemv.MAX_ROWS + 1))
+@pytest.mark.parametrize("m", [*range(1, gemv.DECODE_ROWS + 1), 41, 250])
 @pytest.mark.parametrize("n,k", [(576, 576), (7, 64), (193, 100), (130, 1536), (1, 31)])
 def test_kernel_matches_fp32_linear(m, n, k):
     torch.manual_seed(m * 1000 + n + k)
     x = torch.randn(m, k).bfloat16()
     w = (torch.randn(n, k) / k**0.5).bfloat16()
     b = torch.randn(n).bfloat16()
-    _bf16_close(gemv.linear_bf16(x, w, b), x, w, b)
-    _bf16_close(gemv.linear_bf16(x, w), x, w, None)
+    packed = gemv.pack(w)
+    assert (packed.out_features, packed.in_features) == (n, k)
+    _bf16_close(packed(x, b), x, w, b)
+    _bf16_close(packed(x), x, w, None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,k", [(576, 576), (193, 101), (1536, 576)])
+def test_a_rows_result_does_not_depend_on_its_batch(n, k):
+    """Each output's sums run in one order whatever the row count (row blocks only share weight
+    loads), so a request's logits are the same bits alone or among 31 others, and in a prefill chunk."""
+    torch.manual_seed(n + k)
+    x = torch.randn(80, k).bfloat16()
+    packed = gemv.pack((torch.randn(n, k) / k**0.5).bfloat16())
+    whole = packed(x)
+    for lo, hi in [(0, 1), (5, 6), (3, 11), (0, 32), (17, 80)]:
+        assert torch.equal(packed(x[lo:hi]), whole[lo:hi]), (lo, hi)
+
+
+@needs_kernel
+@pytest.mark.parametrize("n,k", [(576, 576), (193, 101), (64, 1536), (7, 3)])
+def test_both_tile_variants_give_the_same_bits(n, k):
+    """The FMA tiles follow VDPBF16PS's definition (odd product, then even, denormals as zero), so the
+    variant timed fastest on a CPU never changes a result; tiny and huge values cross the denormal
+    rule both ways."""
+    torch.manual_seed(n * k)
+    chosen = gemv.variant()
+    x = torch.randn(45, k).bfloat16()
+    x[0, : min(k, 4)] = torch.tensor([1e-39, -3e-39, 1e-30, 1e30])[: min(k, 4)].bfloat16()
+    x[1] = 1e-20  # times w's row 0: products of 1e-40, below fp32's normal range (flushed by both)
+    w = (torch.randn(n, k) / k**0.5).bfloat16()
+    w[0] = 1e-20
+    b = torch.randn(n).bfloat16()
+    packed = gemv.pack(w)
+    try:
+        got = {}
+        for name in ("dot", "fma"):
+            gemv.set_variant(name)
+            got[name] = (packed(x, b), packed(x))
+    finally:
+        gemv.set_variant(chosen)
+    assert torch.equal(got["dot"][0], got["fma"][0]) and torch.equal(got["dot"][1], got["fma"][1])
+    assert got["dot"][1][1, 0] == 0  # VDPBF16PS flushes the denormal sum; so must the FMA tiles
+    _bf16_close(got["dot"][0][2:], x[2:], w, b)
+    with pytest.raises(RuntimeError, match="'dot' or 'fma'"):
+        gemv.set_variant("amx")
 
 
 @needs_kernel
 def test_kernel_reads_strided_rows_and_refuses_what_it_cannot_do():
     torch.manual_seed(0)
     w = torch.randn(40, 96).bfloat16()
+    packed = gemv.pack(w)
     wide = torch.randn(3, 200).bfloat16()
     x = wide[:, 8:104]  # rows 200 apart, each contiguous
-    _bf16_close(gemv.linear_bf16(x, w), x, w, None)
-    with pytest.raises(RuntimeError, match="rows"):
-        gemv.linear_bf16(torch.randn(gemv.MAX_ROWS + 1, 96).bfloat16(), w)
+    _bf16_close(packed(x), x, w, None)
+    assert packed(torch.randn(0, 96).bfloat16()).shape == (0, 40)
     with pytest.raises(RuntimeError, match="bf16"):
-        gemv.linear_bf16(torch.randn(1, 96), w.float())
-    with pytest.raises(RuntimeError):
-        gemv.linear_bf16(torch.randn(1, 95).bfloat16(), w)  # K mismatch
-    with pytest.raises(RuntimeError, match="contiguous"):
-        gemv.linear_bf16(torch.randn(1, 96).bfloat16(), torch.randn(96, 40).bfloat16().t())
+        packed(torch.randn(1, 96))
+    with pytest.raises(RuntimeError, match="bf16"):
+        gemv.pack(w.float())
+    with pytest.raises(RuntimeError, match="K = 95"):
+        packed(torch.randn(1, 95).bfloat16())  # K mismatch
+    with pytest.raises(RuntimeError, match="contiguous rows"):
+        packed(torch.randn(96, 2).bfloat16().t())
+    with pytest.raises(RuntimeError, match="bias"):
+        packed(torch.randn(1, 96).bfloat16(), torch.randn(41).bfloat16())
 
 
 @needs_kernel
@@ -59,8 +108,18 @@ def test_install_routes_small_batches_to_the_kernel_and_the_rest_to_torch(monkey
     assert cpu_linear.install(fp32_model, 4) == 0
     assert cpu_linear.install(model, 0) == 0  # off
     calls = []
-    real = gemv.linear_bf16
-    monkeypatch.setattr(gemv, "linear_bf16", lambda *a: calls.append(a[0].shape) or real(*a))
+    real_pack = gemv.pack
+
+    class CountingPack:
+        def __init__(self, weight):
+            self.packed = real_pack(weight)
+            self.data = self.packed.data
+
+        def __call__(self, x, bias):
+            calls.append(x.shape)
+            return self.packed(x, bias)
+
+    monkeypatch.setattr(gemv, "pack", CountingPack)
     assert cpu_linear.install(model, 4) == 2
     lin = model[0]
     with torch.inference_mode():
@@ -70,6 +129,17 @@ def test_install_routes_small_batches_to_the_kernel_and_the_rest_to_torch(monkey
         assert torch.equal(lin(big), F.linear(big, lin.weight, lin.bias))
         assert model(torch.randn(2, 64).bfloat16()).shape == (2, 32)
     assert calls == [(4, 64), (2, 64), (2, 48)]
+    calls.clear()
+    wide = torch.nn.Sequential(torch.nn.Linear(64, 48)).bfloat16()
+    assert cpu_linear.install(wide, None) == 1
+    with torch.inference_mode():
+        x = torch.randn(300, 64).bfloat16()
+        y = wide(x)
+    if gemv.has_amx():  # decode batches only: oneDNN's AMX tiles take prefill sizes
+        assert calls == [] and torch.equal(y, F.linear(x, wide[0].weight, wide[0].bias))
+    else:
+        assert calls == [(300, 64)]
+        _bf16_close(y, x, wide[0].weight, wide[0].bias)
 
 
 def test_the_option_is_validated_and_has_a_flag():
@@ -77,10 +147,11 @@ def test_the_option_is_validated_and_has_a_flag():
     from npu_serve.config import EngineConfig
     from npu_serve.errors import InvalidParameter
 
-    assert EngineConfig().cpu_gemv_rows == 32
+    assert EngineConfig().cpu_gemv_rows is None
     args = build_parser().parse_args(["serve", "--cpu-gemv-rows", "0"])
     assert EngineConfig.from_cli(args).cpu_gemv_rows == 0
-    for bad in (-1, 33, True):
+    assert EngineConfig.from_cli(build_parser().parse_args(["serve"])).cpu_gemv_rows is None
+    for bad in (-1, 1.5, True):
         with pytest.raises(InvalidParameter, match="cpu_gemv_rows"):
             EngineConfig(cpu_gemv_rows=bad)
 
@@ -89,7 +160,7 @@ def test_the_option_is_validated_and_has_a_flag():
 def test_bf16_engine_with_the_kernel_tracks_the_engine_without_it(tiny_llama_dir):
     """Greedy bf16 tokens may part ways where two logits tie to within bf16 rounding; on this model
     and these prompts they do not, so both engines must agree (a wrong kernel would diverge at once).
-    32 prompts: decode steps of 32 rows, the most the kernel takes; the first 3 alone: 3 rows."""
+    32 prompts: decode steps of 32 rows; the first 3 alone: 3 rows; prefill chunks of up to ~600."""
     from npu_serve import LLM, SamplingParams
     from npu_serve_kernels.linear import cpu as gemv
 
@@ -97,9 +168,9 @@ def test_bf16_engine_with_the_kernel_tracks_the_engine_without_it(tiny_llama_dir
     rng = torch.Generator().manual_seed(0)
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [100, 200, 300]]
     prompts += [torch.randint(3, 500, (int(n),), generator=rng).tolist()
-                for n in torch.randint(1, 40, (gemv.MAX_ROWS - 3,), generator=rng)]
+                for n in torch.randint(1, 40, (gemv.DECODE_ROWS - 3,), generator=rng)]
     outs = []
-    for rows in (0, gemv.MAX_ROWS):
+    for rows in (0, None):  # None: the default (every size, or decode batches where AMX exists)
         llm = LLM(tiny_llama_dir, device="cpu", dtype="bfloat16", cpu_gemv_rows=rows)
         outs.append([[o.outputs[0].token_ids for o in llm.generate(p, params)] for p in (prompts[:3], prompts)])
     assert outs[0] == outs[1]
@@ -118,15 +189,16 @@ def test_helper_threads_change_no_bit_and_lose_no_chunk():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        want = [gemv.linear_bf16(x, w) for x, w in cases]
+        cases = [(x, gemv.pack(w)) for x, w in cases]
+        want = [w(x) for x, w in cases]
         torch.set_num_threads(2)
         errors = []
 
         def hammer():
             for _ in range(150):
                 for (x, w), ref in zip(cases, want):
-                    if not torch.equal(gemv.linear_bf16(x, w), ref):
-                        errors.append(tuple(x.shape) + tuple(w.shape))
+                    if not torch.equal(w(x), ref):
+                        errors.append(tuple(x.shape) + (w.out_features,))
 
         threads = [threading.Thread(target=hammer) for _ in range(2)]
         for t in threads:
@@ -146,7 +218,7 @@ def test_a_forked_child_gets_a_pool_of_its_own():
 
     torch.manual_seed(1)
     x, w = torch.randn(4, 576).bfloat16(), (torch.randn(4096, 576) / 24).bfloat16()
-    want = gemv.linear_bf16(x, w)  # the parent's pool is started and its helper asleep or spinning
+    want = gemv.pack(w)(x)  # the parent's pool is started and its helper asleep or spinning
     ctx = mp.get_context("fork")
     with ctx.Pool(1) as pool:
         got, new_threads = pool.apply_async(_linear_in_child, (x, w)).get(timeout=60)
@@ -159,5 +231,6 @@ def _linear_in_child(x, w):
 
     torch.set_num_threads(2)
     before = len(os.listdir("/proc/self/task"))
-    y = [gemv.linear_bf16(x, w) for _ in range(50)][-1]
+    packed = gemv.pack(w)
+    y = [packed(x) for _ in range(50)][-1]
     return y, len(os.listdir("/proc/self/task")) - before

@@ -16,14 +16,14 @@
 //
 // Shapes follow transformers (hidden states [1, T, C] for a packed batch of T tokens), because
 // TensorIterator's vector/scalar split and its threading chunks depend on them. Linears go through
-// the bf16 GEMV kernel exactly where npu_serve/worker/cpu_linear.py would send them (inputs of at
-// most `gemv_rows` rows, bf16), else at::linear, as F.linear does.
+// the bf16 kernel over packed weights exactly where npu_serve/worker/cpu_linear.py would send them
+// (inputs of at most `gemm_rows` rows, bf16), else at::linear, as F.linear does.
 
 #pragma once
 
 #include <torch/extension.h>
 
-#include "../linear/cpu_gemv.h"
+#include "../linear/cpu_gemm.h"
 #include "../paged_attention/cpu_decode.h"
 
 #include <omp.h>
@@ -64,15 +64,16 @@ class Serial {
 struct Linear {
   Tensor weight;
   OptTensor bias;
-  int64_t gemv_rows;  // inputs of 1..gemv_rows rows (bf16) go to the GEMV kernel; 0: never
+  std::shared_ptr<npu_serve_gemm::PackedWeight> packed;  // the kernel's copy of weight, or null
+  int64_t gemm_rows;  // inputs of 1..gemm_rows rows (bf16) go to the kernel; 0: never
 
   Tensor operator()(const Tensor& x) const {
     const int64_t k = x.size(-1);
     const int64_t rows = k ? x.numel() / k : 0;
-    if (rows >= 1 && rows <= gemv_rows && x.scalar_type() == at::kBFloat16) {
+    if (packed && rows >= 1 && rows <= gemm_rows && x.scalar_type() == at::kBFloat16) {
       Tensor x2 = x.reshape({rows, k});
       if (x2.stride(1) != 1) x2 = x2.contiguous();
-      Tensor y = npu_serve_gemv::linear_bf16(x2, weight, bias);
+      Tensor y = (*packed)(x2, bias);
       std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
       shape.back() = y.size(1);
       return y.view(shape);

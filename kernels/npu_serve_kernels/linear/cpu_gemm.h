@@ -1,0 +1,375 @@
+// bf16 linear on CPUs with AVX512-BF16 over a weight packed once at load: y = x @ w.T (+ bias).
+//
+// Why packed: the dot-product kernel before it (each weight row read along K, one fp32 lane sum per
+// output, reduced across lanes at the end) is bound by loads and lane reductions as soon as a decode
+// batch has more than a few rows: at 32 rows it ran SmolLM2's linears at ~120 GFLOPS a core, a third
+// of what VDPBF16PS gives. Here the weight is stored in VDPBF16PS's own layout, 16 output features x
+// one pair of inputs per 64-byte vector ([N/16][K/2][16][2], `pack`), so a vector of weights meets a
+// broadcast pair of one input row's values and yields 16 outputs' partial sums in 16 fp32 lanes: no
+// lane reduction, and each weight load serves MR input rows (MR x NV accumulators, NV weight vectors
+// per step). At one row it streams NV weight blocks side by side (memory-bound, as before).
+//
+// Numerics: products and sums in fp32 (VDPBF16PS: pairs of bf16 products summed into fp32, round to
+// nearest even, denormals flushed, as oneDNN's AVX512-BF16 kernels do), the bias added in fp32, the
+// result rounded once to bf16 (nearest even, as c10::BFloat16). Only the order of the fp32 sums
+// differs from oneDNN's (tests/worker/test_cpu_linear.py bounds the difference against fp32 sums).
+// The sums of one output do not depend on how many rows or threads the call has: a row's result is
+// the same alone or in a batch of 32 (the test checks it), so batching never changes a request's tokens.
+//
+// Threads: groups of NV x 16 output features are claimed by the calling thread and the pool's helpers
+// (../cpu_pool.h). Each group's packed weights (NV x K x 32 bytes, <= 150 KiB for SmolLM2) stay in L2
+// while every row block passes over them.
+//
+// Header-only so that the decoder layer (../decoder/cpu_decoder.h) calls it without Python;
+// ../cpu_ops.cpp is its binding.
+
+#pragma once
+
+#include <torch/extension.h>
+
+#include "../cpu_pool.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define NPU_SERVE_HAS_BF16_GEMM 1
+#else
+#define NPU_SERVE_HAS_BF16_GEMM 0
+#endif
+
+namespace npu_serve_gemm {
+
+inline constexpr int64_t kLanes = 16;  // output features per packed block (one fp32 vector)
+#ifndef NPU_SERVE_GEMM_MR
+#define NPU_SERVE_GEMM_MR 8
+#endif
+#ifndef NPU_SERVE_GEMM_NV
+#define NPU_SERVE_GEMM_NV 3
+#endif
+// MR input rows x NV weight vectors = 24 accumulators, + 3 weight vectors + 1 broadcast: 28 of the
+// 32 vector registers.
+inline constexpr int kMR = NPU_SERVE_GEMM_MR;
+inline constexpr int kNV = NPU_SERVE_GEMM_NV;
+inline constexpr int64_t kGroup = kNV * kLanes;  // output features per task
+// The FMA tiles: 8 rows x 2 blocks = 16 accumulators, + 4 widened weight vectors + 2 broadcasts.
+#ifndef NPU_SERVE_GEMM_FMR
+#define NPU_SERVE_GEMM_FMR 8
+#endif
+#ifndef NPU_SERVE_GEMM_FNV
+#define NPU_SERVE_GEMM_FNV 2
+#endif
+inline constexpr int kFmaMR = NPU_SERVE_GEMM_FMR;
+inline constexpr int kFmaNV = NPU_SERVE_GEMM_FNV;
+inline constexpr int64_t kFmaGroup = kFmaNV * kLanes;
+
+inline bool available() { return NPU_SERVE_HAS_BF16_GEMM; }
+
+// w [N, K] bf16 -> [ceil(N/16), ceil(K/2), 16, 2] bf16, zero-padded: element (n, k) at
+// [n / 16][k / 2][n % 16][k % 2].
+inline torch::Tensor pack(const torch::Tensor& w_in) {
+  TORCH_CHECK(w_in.dim() == 2 && w_in.scalar_type() == at::kBFloat16 && w_in.device().is_cpu(),
+              "gemm pack: a CPU bf16 [N, K] weight");
+  const torch::Tensor w = w_in.contiguous();
+  const int64_t N = w.size(0), K = w.size(1);
+  const int64_t nb = (N + kLanes - 1) / kLanes, pairs = (K + 1) / 2;
+  auto packed = torch::empty({nb, pairs, kLanes, 2}, w.options());
+  // Plain loops on our own pool, not torch ops: torch's OpenMP regions hang in a forked child of a
+  // process that used them, and a model may be loaded after a fork (tests/worker/test_cpu_linear.py).
+  struct Task {
+    const uint16_t* w;
+    uint16_t* out;
+    int64_t N, K, pairs;
+  } task{reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()),
+         reinterpret_cast<uint16_t*>(packed.data_ptr<at::BFloat16>()), N, K, pairs};
+  npu_serve_pool::Pool::instance().run(nb, [](void* ctx, int64_t b) {
+    const Task& t = *static_cast<const Task*>(ctx);
+    uint16_t* out = t.out + b * t.pairs * kLanes * 2;
+    for (int64_t p = 0; p < t.pairs; ++p)
+      for (int64_t l = 0; l < kLanes; ++l)
+        for (int64_t j = 0; j < 2; ++j) {
+          const int64_t n = b * kLanes + l, k = 2 * p + j;
+          *out++ = n < t.N && k < t.K ? t.w[n * t.K + k] : 0;
+        }
+  }, &task);
+  return packed;
+}
+
+#if NPU_SERVE_HAS_BF16_GEMM
+
+// fp32 -> bf16, round to nearest even, NaN -> 0x7FC0: c10::BFloat16's rounding, 16 lanes at once.
+inline __m256i to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+// Adds the bias (fp32) to MR x NV accumulators and stores them as bf16; `cols` is how many of the
+// NV x 16 outputs exist (the last group of a matrix may end inside its last block).
+template <int MR, int NV>
+inline void store_tile(const __m512* acc, const at::BFloat16* bias, int64_t cols, at::BFloat16* y, int64_t ldy) {
+  for (int v = 0; v < NV; ++v) {
+    const int64_t n = std::min<int64_t>(kLanes, cols - v * kLanes);
+    if (n <= 0) break;
+    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+    __m512 b = _mm512_setzero_ps();
+    if (bias != nullptr) {
+      const __m256i raw = _mm256_maskz_loadu_epi16(mask, bias + v * kLanes);
+      b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m512 r = bias != nullptr ? _mm512_add_ps(acc[m * NV + v], b) : acc[m * NV + v];
+      _mm256_mask_storeu_epi16(y + m * ldy + v * kLanes, mask, to_bf16(r));
+    }
+  }
+}
+
+// The VDPBF16PS tile: MR input rows (bf16, `x`, row stride ldx) x NV blocks of 16 output features over
+// all of K. `w` is the first block's packed data, `wstride` the distance between blocks (pairs x 32).
+template <int MR, int NV>
+inline void tile_dot(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride,
+                     const at::BFloat16* bias, int64_t cols, at::BFloat16* y, int64_t ldy) {
+  __m512 acc[MR * NV];
+  for (int i = 0; i < MR * NV; ++i) acc[i] = _mm512_setzero_ps();
+  const int64_t full = K / 2;
+  for (int64_t p = 0; p < full; ++p) {
+    __m512i wv[NV];
+    for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(w + v * wstride + p * 32);
+    for (int m = 0; m < MR; ++m) {
+      int32_t pair;
+      std::memcpy(&pair, x + m * ldx + 2 * p, sizeof(pair));
+      const __m512i xb = _mm512_set1_epi32(pair);
+      for (int v = 0; v < NV; ++v)
+        acc[m * NV + v] = _mm512_dpbf16_ps(acc[m * NV + v], (__m512bh)xb, (__m512bh)wv[v]);
+    }
+  }
+  if (K & 1) {  // the last pair holds one input; its partner is a zero (never read past the row)
+    __m512i wv[NV];
+    for (int v = 0; v < NV; ++v) wv[v] = _mm512_loadu_si512(w + v * wstride + full * 32);
+    for (int m = 0; m < MR; ++m) {
+      const __m512i xb = _mm512_set1_epi32(static_cast<int32_t>(x[m * ldx + K - 1]));
+      for (int v = 0; v < NV; ++v)
+        acc[m * NV + v] = _mm512_dpbf16_ps(acc[m * NV + v], (__m512bh)xb, (__m512bh)wv[v]);
+    }
+  }
+  store_tile<MR, NV>(acc, bias, cols, y, ldy);
+}
+
+// The fp32-FMA tile, for CPUs whose VDPBF16PS is slower than two FMAs (seen: a Xeon whose VDPBF16PS
+// ran at half the FMA rate, 77 vs 121 GFLOPS a core). Same operations, same order as VDPBF16PS's
+// definition (Intel SDM: acc += odd product, then acc += even product; products of two bf16 are exact
+// in fp32), with denormals treated as zero and flushed (MXCSR DAZ|FTZ, set by the caller), so both
+// tiles give the same bits (tests/worker/test_cpu_linear.py). The weights widen in registers (a
+// shift for the even element of each pair, a mask for the odd); `xf` is x already in fp32, its rows
+// `ldxf` floats apart and padded with a zero to an even length.
+template <int MR, int NV>
+inline void tile_fma(const float* xf, int64_t ldxf, int64_t pairs, const uint16_t* w, int64_t wstride,
+                     const at::BFloat16* bias, int64_t cols, at::BFloat16* y, int64_t ldy) {
+  __m512 acc[MR * NV];
+  for (int i = 0; i < MR * NV; ++i) acc[i] = _mm512_setzero_ps();
+  const __m512i high = _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  for (int64_t p = 0; p < pairs; ++p) {
+    __m512 even[NV], odd[NV];
+    for (int v = 0; v < NV; ++v) {
+      const __m512i wv = _mm512_loadu_si512(w + v * wstride + p * 32);
+      even[v] = _mm512_castsi512_ps(_mm512_slli_epi32(wv, 16));
+      odd[v] = _mm512_castsi512_ps(_mm512_and_si512(wv, high));
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xo = _mm512_set1_ps(xf[m * ldxf + 2 * p + 1]);
+      for (int v = 0; v < NV; ++v) acc[m * NV + v] = _mm512_fmadd_ps(xo, odd[v], acc[m * NV + v]);
+      const __m512 xe = _mm512_set1_ps(xf[m * ldxf + 2 * p]);
+      for (int v = 0; v < NV; ++v) acc[m * NV + v] = _mm512_fmadd_ps(xe, even[v], acc[m * NV + v]);
+    }
+  }
+  store_tile<MR, NV>(acc, bias, cols, y, ldy);
+}
+
+using DotFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, const at::BFloat16*, int64_t,
+                       at::BFloat16*, int64_t);
+using FmaFn = void (*)(const float*, int64_t, int64_t, const uint16_t*, int64_t, const at::BFloat16*, int64_t,
+                       at::BFloat16*, int64_t);
+
+// table[mr - 1][nv - 1]: the tile of mr rows (the last row block may be short) and nv blocks.
+template <typename Fn, int NVMax, template <int, int> class Tile>
+struct Tiles {
+  template <int MR, int... NVs>
+  static constexpr std::array<Fn, NVMax> row(std::integer_sequence<int, NVs...>) {
+    return {Tile<MR, NVs + 1>::fn...};
+  }
+  template <int... MRs>
+  static constexpr auto table(std::integer_sequence<int, MRs...>) {
+    return std::array<std::array<Fn, NVMax>, sizeof...(MRs)>{row<MRs + 1>(std::make_integer_sequence<int, NVMax>{})...};
+  }
+};
+template <int MR, int NV>
+struct DotTile {
+  static constexpr DotFn fn = tile_dot<MR, NV>;
+};
+template <int MR, int NV>
+struct FmaTile {
+  static constexpr FmaFn fn = tile_fma<MR, NV>;
+};
+inline constexpr auto kDotTiles =
+    Tiles<DotFn, kNV, DotTile>::table(std::make_integer_sequence<int, kMR>{});
+inline constexpr auto kFmaTiles =
+    Tiles<FmaFn, kFmaNV, FmaTile>::table(std::make_integer_sequence<int, kFmaMR>{});
+
+// Sets MXCSR's DAZ and FTZ bits for its scope (the FMA tiles' denormal rule = VDPBF16PS's).
+class FlushDenormals {
+ public:
+  FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved_); }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  unsigned saved_;
+};
+
+#endif
+
+enum Variant : int { kDot = 0, kFma = 1 };
+
+// x [M, K] bf16 (rows contiguous), packed = pack(w) for w [N, K], bias [N] or None: y [M, N] bf16,
+// computed by the given variant's tiles (the same bits either way; only the speed differs).
+inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const torch::Tensor& packed, int64_t N,
+                                 int64_t in_features, const c10::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(NPU_SERVE_HAS_BF16_GEMM, "this CPU (or compiler) has no AVX512-BF16");
+  TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu(), "gemm linear: CPU tensors only");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && packed.scalar_type() == at::kBFloat16, "gemm linear: bf16 only");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "gemm linear: x [M, K] with contiguous rows");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(K == in_features, "gemm linear: x has K = ", K, " inputs, the weight ", in_features);
+  const int64_t pairs = (K + 1) / 2;
+  TORCH_CHECK(packed.dim() == 4 && packed.is_contiguous() && packed.size(0) == (N + kLanes - 1) / kLanes &&
+                  packed.size(1) == pairs && packed.size(2) == kLanes && packed.size(3) == 2,
+              "gemm linear: packed weight does not match x's K = ", K, " and N = ", N);
+  const at::BFloat16* bp = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() && bias->numel() == N,
+                "gemm linear: bias must be a contiguous bf16 [N]");
+    bp = bias->data_ptr<at::BFloat16>();
+  }
+  auto y = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y;
+#if NPU_SERVE_HAS_BF16_GEMM
+  struct Task {
+    const uint16_t* x;
+    int64_t ldx;
+    const float* xf;
+    int64_t M, K, N, pairs;
+    const uint16_t* w;
+    int64_t wstride;
+    const at::BFloat16* bias;
+    at::BFloat16* y;
+  } task{reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), x.stride(0), nullptr, M, K, N, pairs,
+         reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), pairs * 32, bp,
+         y.data_ptr<at::BFloat16>()};
+  if (variant == kDot) {
+    npu_serve_pool::Pool::instance().run((N + kGroup - 1) / kGroup, [](void* ctx, int64_t g) {
+      const Task& t = *static_cast<const Task*>(ctx);
+      const int64_t n0 = g * kGroup, cols = std::min(kGroup, t.N - n0);
+      const int nv = static_cast<int>((cols + kLanes - 1) / kLanes);
+      const uint16_t* w = t.w + (n0 / kLanes) * t.wstride;
+      const at::BFloat16* b = t.bias != nullptr ? t.bias + n0 : nullptr;
+      for (int64_t m0 = 0; m0 < t.M; m0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, t.M - m0));
+        kDotTiles[mr - 1][nv - 1](t.x + m0 * t.ldx, t.ldx, t.K, w, t.wstride, b, cols, t.y + m0 * t.N + n0, t.N);
+      }
+    }, &task);
+    return y;
+  }
+  // x in fp32 once, rows padded with a zero to an even length (the last pair's partner).
+  std::vector<float> xf(static_cast<size_t>(M * pairs * 2), 0.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    const uint16_t* row = task.x + m * task.ldx;
+    float* out = xf.data() + m * pairs * 2;
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16)  // bf16 -> fp32 is a 16-bit shift
+      _mm512_storeu_ps(out + k, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k))), 16)));
+    for (; k < K; ++k) out[k] = static_cast<float>(c10::bit_cast<at::BFloat16>(row[k]));
+  }
+  task.xf = xf.data();
+  npu_serve_pool::Pool::instance().run((N + kFmaGroup - 1) / kFmaGroup, [](void* ctx, int64_t g) {
+    const Task& t = *static_cast<const Task*>(ctx);
+    FlushDenormals daz_ftz;
+    const int64_t n0 = g * kFmaGroup, cols = std::min(kFmaGroup, t.N - n0);
+    const int nv = static_cast<int>((cols + kLanes - 1) / kLanes);
+    const uint16_t* w = t.w + (n0 / kLanes) * t.wstride;
+    const at::BFloat16* b = t.bias != nullptr ? t.bias + n0 : nullptr;
+    for (int64_t m0 = 0; m0 < t.M; m0 += kFmaMR) {
+      const int mr = static_cast<int>(std::min<int64_t>(kFmaMR, t.M - m0));
+      kFmaTiles[mr - 1][nv - 1](t.xf + m0 * t.pairs * 2, t.pairs * 2, t.pairs, w, t.wstride, b, cols,
+                                t.y + m0 * t.N + n0, t.N);
+    }
+  }, &task);
+#endif
+  return y;
+}
+
+// The variant linear() uses: -1 until chosen (on first use, by timing both here), or set for tests.
+inline std::atomic<int>& variant_slot() {
+  static std::atomic<int> slot{-1};
+  return slot;
+}
+
+// Times both variants on one SmolLM2-sized layer (64 rows x 576 -> 1536, weights in cache: the
+// compute-bound case where they differ) and returns the faster; best of 5 alternated runs each.
+inline Variant choose_variant() {
+  if (!NPU_SERVE_HAS_BF16_GEMM) return kDot;
+  const int64_t M = 64, K = 576, N = 1536;
+  const torch::Tensor x = torch::randn({M, K}).to(at::kBFloat16);
+  const torch::Tensor packed = pack(torch::randn({N, K}).div(24.0).to(at::kBFloat16));
+  double best[2] = {1e30, 1e30};
+  for (int round = 0; round < 5; ++round)
+    for (int v : {kDot, kFma}) {
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < 4; ++i) linear_with(static_cast<Variant>(v), x, packed, N, K, c10::nullopt);
+      best[v] = std::min(best[v], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+  return best[kFma] < best[kDot] ? kFma : kDot;
+}
+
+inline Variant variant() {
+  int v = variant_slot().load(std::memory_order_relaxed);
+  if (v < 0) {
+    v = choose_variant();
+    variant_slot().store(v, std::memory_order_relaxed);
+  }
+  return static_cast<Variant>(v);
+}
+
+// Below this many rows a linear is bound by reading the weights, and the dot tiles (three weight streams,
+// no widening) read them fastest on every CPU measured; above, the variant timed fastest here.
+inline constexpr int64_t kFmaMinRows = 8;
+
+inline torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t N, int64_t in_features,
+                            const c10::optional<torch::Tensor>& bias) {
+  return linear_with(x.dim() == 2 && x.size(0) < kFmaMinRows ? kDot : variant(), x, packed, N, in_features, bias);
+}
+
+// A linear's weight packed once (at model load), with its shape: what the layers hold and call.
+struct PackedWeight {
+  torch::Tensor data;  // pack(w)
+  int64_t out_features, in_features;
+
+  explicit PackedWeight(const torch::Tensor& w) : data(pack(w)), out_features(w.size(0)), in_features(w.size(1)) {}
+
+  torch::Tensor operator()(const torch::Tensor& x, const c10::optional<torch::Tensor>& bias) const {
+    return linear(x, data, out_features, in_features, bias);
+  }
+};
+
+}  // namespace npu_serve_gemm
