@@ -30,12 +30,14 @@ class CpuPlatform(Platform):
         return True
 
     def default_dtype(self) -> torch.dtype:
-        """float32 or bfloat16, whichever runs this CPU's matmuls faster (measured once per process).
+        """bfloat16 on CPUs with AVX512-BF16 (npu-serve's linear kernel runs it); elsewhere float32 or
+        bfloat16, whichever runs this CPU's matmuls faster (measured once per process).
 
-        Why measure: CPUs with AVX-512 BF16 / AMX (this one has AVX-512 BF16) run bf16 matmuls
-        several times faster than fp32 and move half the bytes; CPUs without them emulate bf16 by
-        converting to fp32 and are slower in bf16 than in fp32. A flag check would miss oneDNN's
-        actual kernel choice, so we time the real op instead.
+        Why not always measure: on a Xeon with AVX512-BF16 but no AMX, oneDNN's bf16 matmul timed
+        slower than fp32 (0.87 vs 0.70 ms), yet bf16 through our kernel serves SmolLM2 several times
+        faster than fp32 (decode reads half the bytes; docs/speed-issue12.md). CPUs without those
+        instructions emulate bf16 by converting to fp32 and may be slower in bf16; there a flag check
+        would miss oneDNN's actual kernel choice, so we time the real op instead.
         """
         return _fastest_cpu_dtype()
 
@@ -53,7 +55,7 @@ class CpuPlatform(Platform):
             return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page
 
     def prepare_model(self, model: torch.nn.Module, dtype: torch.dtype, config) -> None:
-        """bf16 models: decode-sized linears through our GEMV kernel (worker/cpu_linear.py)."""
+        """bf16 models: linears through our kernel over packed weights (worker/cpu_linear.py)."""
         if dtype == torch.bfloat16:
             from npu_serve.worker import cpu_linear
 
@@ -73,6 +75,11 @@ class CpuPlatform(Platform):
 
 @functools.cache
 def _fastest_cpu_dtype() -> torch.dtype:
+    from npu_serve_kernels.linear import cpu as kernel
+
+    if kernel.has_avx512_bf16():
+        logger.info("cpu dtype auto: bfloat16 (AVX512-BF16: npu-serve's linear kernel)")
+        return torch.bfloat16
     best = {dt: _time_matmul(dt) for dt in (torch.float32, torch.bfloat16)}
     choice = min(best, key=best.get)
     logger.info("cpu dtype auto: float32 %.2f ms, bfloat16 %.2f ms per matmul -> %s",

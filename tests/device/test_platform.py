@@ -148,6 +148,24 @@ def test_unknown_dtype_is_invalid():
     assert err.value.param == "dtype"
 
 
+def test_cpu_auto_dtype_is_bfloat16_where_the_linear_kernel_runs(monkeypatch):
+    """On AVX512-BF16 CPUs auto means bf16 without timing oneDNN (whose bf16 matmul can lose to fp32
+    there while our kernel wins); elsewhere the timed choice stands."""
+    from npu_serve_kernels.linear import cpu as kernel
+
+    timed = []
+    monkeypatch.setattr(cpu_module, "_time_matmul", lambda dt: timed.append(dt) or (1.0 if dt is torch.bfloat16 else 0.5))
+    try:
+        monkeypatch.setattr(kernel, "has_avx512_bf16", lambda: True)
+        cpu_module._fastest_cpu_dtype.cache_clear()
+        assert resolve_dtype("auto", resolve_platform("cpu")) is torch.bfloat16 and timed == []
+        monkeypatch.setattr(kernel, "has_avx512_bf16", lambda: False)
+        cpu_module._fastest_cpu_dtype.cache_clear()
+        assert resolve_dtype("auto", resolve_platform("cpu")) is torch.float32 and len(timed) == 2
+    finally:
+        cpu_module._fastest_cpu_dtype.cache_clear()
+
+
 def test_cpu_auto_dtype_is_measured_once_and_quickly():
     cpu_module._fastest_cpu_dtype.cache_clear()
     t0 = time.perf_counter()

@@ -19,13 +19,25 @@ def available() -> bool:
     return _EXT.available() and bool(_EXT.load().gemm_available())
 
 
-def has_amx() -> bool:
-    """Whether this CPU offers AMX-BF16 (oneDNN's tiles then beat the kernel on prefill-sized inputs)."""
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+def has_amx() -> bool:
+    """Whether this CPU offers AMX-BF16 (oneDNN's tiles then beat the kernel on prefill-sized inputs)."""
+    return "amx_bf16" in _cpu_flags()
+
+
+def has_avx512_bf16() -> bool:
+    """Whether this CPU has the instructions the kernel needs (a flag check: builds nothing)."""
+    return {"avx512f", "avx512bw", "avx512_bf16"} <= _cpu_flags()
 
 
 def pack(weight: torch.Tensor):
