@@ -38,13 +38,13 @@ def test_kernel_matches_fp32_linear(m, n, k):
 @needs_kernel
 @pytest.mark.parametrize("n,k", [(576, 576), (193, 101), (1536, 576)])
 def test_a_rows_result_does_not_depend_on_its_batch(n, k):
-    """Each output's sums run in one order whatever the row count (row blocks only share weight
-    loads), so a request's logits are the same bits alone or among 31 others, and in a prefill chunk."""
+    """Each output's sums run in one order whatever the row count (row blocks and panels only share
+    weight loads), so a request's logits are the same bits alone or among 31 others, and in a prefill chunk."""
     torch.manual_seed(n + k)
-    x = torch.randn(80, k).bfloat16()
+    x = torch.randn(300, k).bfloat16()  # 300 rows: more than one panel of x (cpu_gemm.h) at K = 1536
     packed = gemv.pack((torch.randn(n, k) / k**0.5).bfloat16())
     whole = packed(x)
-    for lo, hi in [(0, 1), (5, 6), (3, 11), (0, 32), (17, 80)]:
+    for lo, hi in [(0, 1), (5, 6), (3, 11), (0, 32), (17, 80), (150, 300)]:
         assert torch.equal(packed(x[lo:hi]), whole[lo:hi]), (lo, hi)
 
 

@@ -241,6 +241,15 @@ class FlushDenormals {
 
 enum Variant : int { kDot = 0, kFma = 1 };
 
+// Rows of x per panel: tasks run panel by panel, each panel meeting every group of weights, so that a
+// panel (~768 KiB) stays in the core's L2 while the weights stream past. Without panels, every group
+// read all of x: at 2048 rows x 1536 inputs (12 MiB in fp32) the FMA tiles ran at 169 GFLOPS against
+// 223 at 250 rows. A multiple of the tile height; decode batches are one panel.
+inline int64_t panel_rows(int64_t row_bytes, int mr) {
+  const int64_t rows = (int64_t{768} << 10) / std::max<int64_t>(row_bytes, 1);
+  return std::max<int64_t>(mr, rows / mr * mr);
+}
+
 // x [M, K] bf16 (rows contiguous), packed = pack(w) for w [N, K], bias [N] or None: y [M, N] bf16,
 // computed by the given variant's tiles (the same bits either way; only the speed differs).
 inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const torch::Tensor& packed, int64_t N,
@@ -273,18 +282,22 @@ inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const 
     int64_t wstride;
     const at::BFloat16* bias;
     at::BFloat16* y;
+    int64_t panel, groups;  // rows per panel; output groups per panel (a task is one panel x one group)
   } task{reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), x.stride(0), nullptr, M, K, N, pairs,
          reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), pairs * 32, bp,
-         y.data_ptr<at::BFloat16>()};
+         y.data_ptr<at::BFloat16>(), 0, 0};
   if (variant == kDot) {
-    npu_serve_pool::Pool::instance().run((N + kGroup - 1) / kGroup, [](void* ctx, int64_t g) {
+    task.panel = panel_rows(K * 2, kMR);
+    task.groups = (N + kGroup - 1) / kGroup;
+    npu_serve_pool::Pool::instance().run((M + task.panel - 1) / task.panel * task.groups, [](void* ctx, int64_t i) {
       const Task& t = *static_cast<const Task*>(ctx);
-      const int64_t n0 = g * kGroup, cols = std::min(kGroup, t.N - n0);
+      const int64_t n0 = i % t.groups * kGroup, cols = std::min(kGroup, t.N - n0);
+      const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
       const int nv = static_cast<int>((cols + kLanes - 1) / kLanes);
       const uint16_t* w = t.w + (n0 / kLanes) * t.wstride;
       const at::BFloat16* b = t.bias != nullptr ? t.bias + n0 : nullptr;
-      for (int64_t m0 = 0; m0 < t.M; m0 += kMR) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMR, t.M - m0));
+      for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
         kDotTiles[mr - 1][nv - 1](t.x + m0 * t.ldx, t.ldx, t.K, w, t.wstride, b, cols, t.y + m0 * t.N + n0, t.N);
       }
     }, &task);
@@ -302,15 +315,18 @@ inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const 
     for (; k < K; ++k) out[k] = static_cast<float>(c10::bit_cast<at::BFloat16>(row[k]));
   }
   task.xf = xf.data();
-  npu_serve_pool::Pool::instance().run((N + kFmaGroup - 1) / kFmaGroup, [](void* ctx, int64_t g) {
+  task.panel = panel_rows(pairs * 2 * 4, kFmaMR);
+  task.groups = (N + kFmaGroup - 1) / kFmaGroup;
+  npu_serve_pool::Pool::instance().run((M + task.panel - 1) / task.panel * task.groups, [](void* ctx, int64_t i) {
     const Task& t = *static_cast<const Task*>(ctx);
     FlushDenormals daz_ftz;
-    const int64_t n0 = g * kFmaGroup, cols = std::min(kFmaGroup, t.N - n0);
+    const int64_t n0 = i % t.groups * kFmaGroup, cols = std::min(kFmaGroup, t.N - n0);
+    const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
     const int nv = static_cast<int>((cols + kLanes - 1) / kLanes);
     const uint16_t* w = t.w + (n0 / kLanes) * t.wstride;
     const at::BFloat16* b = t.bias != nullptr ? t.bias + n0 : nullptr;
-    for (int64_t m0 = 0; m0 < t.M; m0 += kFmaMR) {
-      const int mr = static_cast<int>(std::min<int64_t>(kFmaMR, t.M - m0));
+    for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += kFmaMR) {
+      const int mr = static_cast<int>(std::min<int64_t>(kFmaMR, m_end - m0));
       kFmaTiles[mr - 1][nv - 1](t.xf + m0 * t.pairs * 2, t.pairs * 2, t.pairs, w, t.wstride, b, cols,
                                 t.y + m0 * t.N + n0, t.N);
     }
