@@ -1,24 +1,26 @@
 // bf16 linear on CPUs with AVX512-BF16 over a weight packed once at load: y = x @ w.T (+ bias).
 //
-// Why packed: the dot-product kernel before it (each weight row read along K, one fp32 lane sum per
-// output, reduced across lanes at the end) is bound by loads and lane reductions as soon as a decode
-// batch has more than a few rows: at 32 rows it ran SmolLM2's linears at ~120 GFLOPS a core, a third
-// of what VDPBF16PS gives. Here the weight is stored in VDPBF16PS's own layout, 16 output features x
-// one pair of inputs per 64-byte vector ([N/16][K/2][16][2], `pack`), so a vector of weights meets a
-// broadcast pair of one input row's values and yields 16 outputs' partial sums in 16 fp32 lanes: no
-// lane reduction, and each weight load serves MR input rows (MR x NV accumulators, NV weight vectors
-// per step). At one row it streams NV weight blocks side by side (memory-bound, as before).
+// Why packed: the dot-product GEMV kernel before it (each weight row read along K, one fp32 lane sum
+// per output, reduced across lanes at the end) was bound by loads and lane reductions once a decode
+// batch had more than a few rows (75 ms for a SmolLM2 step's linears at 32 rows on a 2-core Xeon, 2
+// threads), and oneDNN repacks bf16 weights on every call (116 ms). Here the weight is stored in
+// VDPBF16PS's own layout, 16 output features x one pair of inputs per 64-byte vector
+// ([N/16][K/2][16][2], `pack`), so a vector of weights meets a broadcast pair of one input row's values
+// and yields 16 outputs' partial sums in 16 fp32 lanes: no lane reduction, and each weight load serves
+// MR input rows (MR x NV accumulators, NV weight vectors per step). At one row it streams NV weight
+// blocks side by side (memory-bound, as before). docs/speed-issue12.md has the figures.
 //
 // Numerics: products and sums in fp32 (VDPBF16PS: pairs of bf16 products summed into fp32, round to
 // nearest even, denormals flushed, as oneDNN's AVX512-BF16 kernels do), the bias added in fp32, the
 // result rounded once to bf16 (nearest even, as c10::BFloat16). Only the order of the fp32 sums
 // differs from oneDNN's (tests/worker/test_cpu_linear.py bounds the difference against fp32 sums).
-// The sums of one output do not depend on how many rows or threads the call has: a row's result is
-// the same alone or in a batch of 32 (the test checks it), so batching never changes a request's tokens.
+// The sums of one output do not depend on how many rows or threads the call has, nor on the tile
+// variant: a row's result is the same alone, in a batch of 32 or in a prefill chunk (tested), so
+// batching never changes a request's tokens.
 //
-// Threads: groups of NV x 16 output features are claimed by the calling thread and the pool's helpers
-// (../cpu_pool.h). Each group's packed weights (NV x K x 32 bytes, <= 150 KiB for SmolLM2) stay in L2
-// while every row block passes over them.
+// Threads: tasks are (panel of rows, group of NV x 16 output features), claimed in order by the calling
+// thread and the pool's helpers (../cpu_pool.h); a group's packed weights (<= 150 KiB for SmolLM2) stay
+// in L2 while the panel's row blocks pass over them.
 //
 // Header-only so that the decoder layer (../decoder/cpu_decoder.h) calls it without Python;
 // ../cpu_ops.cpp is its binding.
@@ -48,26 +50,15 @@
 namespace npu_serve_gemm {
 
 inline constexpr int64_t kLanes = 16;  // output features per packed block (one fp32 vector)
-#ifndef NPU_SERVE_GEMM_MR
-#define NPU_SERVE_GEMM_MR 8
-#endif
-#ifndef NPU_SERVE_GEMM_NV
-#define NPU_SERVE_GEMM_NV 3
-#endif
-// MR input rows x NV weight vectors = 24 accumulators, + 3 weight vectors + 1 broadcast: 28 of the
-// 32 vector registers.
-inline constexpr int kMR = NPU_SERVE_GEMM_MR;
-inline constexpr int kNV = NPU_SERVE_GEMM_NV;
+// The dot tiles: 8 input rows x 3 weight vectors = 24 accumulators, + 3 weight vectors + 1 broadcast:
+// 28 of the 32 vector registers (6 x 4, 4 x 6 and 12 x 2 measured no faster at 8-250 rows).
+inline constexpr int kMR = 8;
+inline constexpr int kNV = 3;
 inline constexpr int64_t kGroup = kNV * kLanes;  // output features per task
-// The FMA tiles: 8 rows x 2 blocks = 16 accumulators, + 4 widened weight vectors + 2 broadcasts.
-#ifndef NPU_SERVE_GEMM_FMR
-#define NPU_SERVE_GEMM_FMR 8
-#endif
-#ifndef NPU_SERVE_GEMM_FNV
-#define NPU_SERVE_GEMM_FNV 2
-#endif
-inline constexpr int kFmaMR = NPU_SERVE_GEMM_FMR;
-inline constexpr int kFmaNV = NPU_SERVE_GEMM_FNV;
+// The FMA tiles: 8 x 2 = 16 accumulators, + 4 widened weight vectors + 2 broadcasts (12 x 2 was as
+// fast; 6 x 3, 4 x 4 and 14 x 1 slower at 250 rows).
+inline constexpr int kFmaMR = 8;
+inline constexpr int kFmaNV = 2;
 inline constexpr int64_t kFmaGroup = kFmaNV * kLanes;
 
 inline bool available() { return NPU_SERVE_HAS_BF16_GEMM; }
@@ -346,8 +337,10 @@ inline std::atomic<int>& variant_slot() {
 inline Variant choose_variant() {
   if (!NPU_SERVE_HAS_BF16_GEMM) return kDot;
   const int64_t M = 64, K = 576, N = 1536;
-  const torch::Tensor x = torch::randn({M, K}).to(at::kBFloat16);
-  const torch::Tensor packed = pack(torch::randn({N, K}).div(24.0).to(at::kBFloat16));
+  // Constant operands: the time does not depend on the values, and torch's global generator (which
+  // seeded sampling may rely on) is left alone.
+  const torch::Tensor x = torch::full({M, K}, 0.5, torch::dtype(at::kBFloat16));
+  const torch::Tensor packed = pack(torch::full({N, K}, 0.25, torch::dtype(at::kBFloat16)));
   double best[2] = {1e30, 1e30};
   for (int round = 0; round < 5; ++round)
     for (int v : {kDot, kFma}) {
