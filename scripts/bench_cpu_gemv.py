@@ -3,11 +3,14 @@
 F.linear (oneDNN) on SmolLM2-135M's linear shapes, per input row count, one thread (--threads), paired
 and alternated in one process:
 
-  .venv/bin/python scripts/bench_cpu_gemv.py [--rows 1,2,4,8,12,16] [--other-source old.cpp]
+  .venv/bin/python scripts/bench_cpu_gemv.py [--rows 1,2,4,8,12,16] [--threads 2] [--no-lm-head]
+                                             [--other-source old.cpp]
 
-For each row count it times one decode step's worth of linears (30 layers of q, k, v, o, gate, up,
-down, then lm_head; weights far larger than the caches, as in a real step) with the kernel and with
-F.linear, alternating, and prints the best-of-N step times and the ratio kernel / F.linear.
+For each row count it times one step's worth of linears (30 layers of q, k, v, o, gate, up, down,
+then lm_head unless --no-lm-head, as for prefill-sized row counts; weights far larger than the caches,
+as in a real step) with the kernel's dot tiles, its FMA tiles and F.linear, alternating, and prints
+the best-of-N step times and the ratios to F.linear. Below 8 rows the kernel runs its dot tiles
+whatever variant is set (cpu_gemm.h), so the two kernel columns time the same tiles there.
 `--other-source` builds another kernel from a source file that binds `linear_bf16(x, w)` and
 `max_rows()` (e.g. the GEMV kernel of commit 7e41019 with a binding) and times it in the same alternation.
 """
@@ -34,11 +37,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--other-source", default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-lm-head", action="store_true",
+                   help="leave lm_head out (a prefill chunk runs it on its last token only)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     weights = [(torch.randn(n, k) / k**0.5).bfloat16() for _ in range(LAYERS) for n, k in SHAPES]
-    weights.append((torch.randn(V, H) / H**0.5).bfloat16())
+    if not args.no_lm_head:
+        weights.append((torch.randn(V, H) / H**0.5).bfloat16())
     packed = {id(w): gemv.pack(w) for w in weights}
 
     def variant(name):
@@ -55,7 +61,7 @@ def main() -> None:
         other_max = other.max_rows()
     print(f"kernel variant chosen here: {chosen}")
     print(f"{'rows':>4} " + " ".join(f"{n:>10}" for n in fns) + "  dot/F.linear  fma/F.linear" +
-          ("  kernel/other" if "other" in fns else ""))
+          ("  dot/other" if "other" in fns else ""))
     with torch.inference_mode():
         for m in [int(r) for r in args.rows.split(",")]:
             xs = {k: torch.randn(m, k).bfloat16() for k in (H, I)}
@@ -72,7 +78,7 @@ def main() -> None:
             line = f"{m:>4} " + " ".join(f"{best[n] * 1e3:>8.2f}ms" for n in fns)
             line += f"  {best['dot'] / best['F.linear']:>12.2f}  {best['fma'] / best['F.linear']:>12.2f}"
             if "other" in run:
-                line += f"  dot/other {best['dot'] / best['other']:.2f}"
+                line += f"  {best['dot'] / best['other']:>9.2f}"
             print(line, flush=True)
     gemv.set_variant(chosen)
 
