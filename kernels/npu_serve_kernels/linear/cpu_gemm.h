@@ -37,6 +37,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -54,12 +55,10 @@ inline constexpr int64_t kLanes = 16;  // output features per packed block (one 
 // 28 of the 32 vector registers (6 x 4, 4 x 6 and 12 x 2 measured no faster at 8-250 rows).
 inline constexpr int kMR = 8;
 inline constexpr int kNV = 3;
-inline constexpr int64_t kGroup = kNV * kLanes;  // output features per task
 // The FMA tiles: 8 x 2 = 16 accumulators, + 4 widened weight vectors + 2 broadcasts (12 x 2 was as
 // fast; 6 x 3, 4 x 4 and 14 x 1 slower at 250 rows).
 inline constexpr int kFmaMR = 8;
 inline constexpr int kFmaNV = 2;
-inline constexpr int64_t kFmaGroup = kFmaNV * kLanes;
 
 inline bool available() { return NPU_SERVE_HAS_BF16_GEMM; }
 
@@ -241,6 +240,48 @@ inline int64_t panel_rows(int64_t row_bytes, int mr) {
   return std::max<int64_t>(mr, rows / mr * mr);
 }
 
+#if NPU_SERVE_HAS_BF16_GEMM
+// One linear's operands, shared with the pool's tasks.
+struct Task {
+  const uint16_t* x;  // bf16 rows, ldx apart (the dot tiles)
+  int64_t ldx;
+  const float* xf;  // the same rows in fp32, 2 x pairs apart (the FMA tiles)
+  int64_t M, K, N, pairs;
+  const uint16_t* w;
+  int64_t wstride;
+  const at::BFloat16* bias;
+  at::BFloat16* y;
+  int64_t panel, groups;  // rows per panel; output groups per panel (a task is one panel x one group)
+};
+
+// Runs every (panel, group) task of `t` on the pool with the MR x NV tiles of one variant; `row_bytes`
+// is what one row of the x those tiles read takes (it sizes the panels).
+template <int MR, int NV, bool kFma>
+inline void run_tasks(Task& t, int64_t row_bytes) {
+  t.panel = panel_rows(row_bytes, MR);
+  t.groups = (t.N + NV * kLanes - 1) / (NV * kLanes);
+  npu_serve_pool::Pool::instance().run((t.M + t.panel - 1) / t.panel * t.groups, [](void* ctx, int64_t i) {
+    const Task& t = *static_cast<const Task*>(ctx);
+    constexpr int64_t group = NV * kLanes;  // output features per task
+    std::optional<FlushDenormals> daz_ftz;
+    if constexpr (kFma) daz_ftz.emplace();
+    const int64_t n0 = i % t.groups * group, cols = std::min(group, t.N - n0);
+    const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
+    const int nv = static_cast<int>((cols + kLanes - 1) / kLanes);
+    const uint16_t* w = t.w + (n0 / kLanes) * t.wstride;
+    const at::BFloat16* b = t.bias != nullptr ? t.bias + n0 : nullptr;
+    for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += MR) {
+      const int mr = static_cast<int>(std::min<int64_t>(MR, m_end - m0));
+      at::BFloat16* y = t.y + m0 * t.N + n0;
+      if constexpr (kFma)
+        kFmaTiles[mr - 1][nv - 1](t.xf + m0 * t.pairs * 2, t.pairs * 2, t.pairs, w, t.wstride, b, cols, y, t.N);
+      else
+        kDotTiles[mr - 1][nv - 1](t.x + m0 * t.ldx, t.ldx, t.K, w, t.wstride, b, cols, y, t.N);
+    }
+  }, &t);
+}
+#endif
+
 // x [M, K] bf16 (rows contiguous), packed = pack(w) for w [N, K], bias [N] or None: y [M, N] bf16,
 // computed by the given variant's tiles (the same bits either way; only the speed differs).
 inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const torch::Tensor& packed, int64_t N,
@@ -264,34 +305,11 @@ inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const 
   auto y = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
 #if NPU_SERVE_HAS_BF16_GEMM
-  struct Task {
-    const uint16_t* x;
-    int64_t ldx;
-    const float* xf;
-    int64_t M, K, N, pairs;
-    const uint16_t* w;
-    int64_t wstride;
-    const at::BFloat16* bias;
-    at::BFloat16* y;
-    int64_t panel, groups;  // rows per panel; output groups per panel (a task is one panel x one group)
-  } task{reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), x.stride(0), nullptr, M, K, N, pairs,
-         reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), pairs * 32, bp,
-         y.data_ptr<at::BFloat16>(), 0, 0};
+  Task task{reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), x.stride(0), nullptr, M, K, N, pairs,
+            reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), pairs * 32, bp,
+            y.data_ptr<at::BFloat16>(), 0, 0};
   if (variant == kDot) {
-    task.panel = panel_rows(K * 2, kMR);
-    task.groups = (N + kGroup - 1) / kGroup;
-    npu_serve_pool::Pool::instance().run((M + task.panel - 1) / task.panel * task.groups, [](void* ctx, int64_t i) {
-      const Task& t = *static_cast<const Task*>(ctx);
-      const int64_t n0 = i % t.groups * kGroup, cols = std::min(kGroup, t.N - n0);
-      const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
-      const int nv = static_cast<int>((cols + kLanes - 1) / kLanes);
-      const uint16_t* w = t.w + (n0 / kLanes) * t.wstride;
-      const at::BFloat16* b = t.bias != nullptr ? t.bias + n0 : nullptr;
-      for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += kMR) {
-        const int mr = static_cast<int>(std::min<int64_t>(kMR, m_end - m0));
-        kDotTiles[mr - 1][nv - 1](t.x + m0 * t.ldx, t.ldx, t.K, w, t.wstride, b, cols, t.y + m0 * t.N + n0, t.N);
-      }
-    }, &task);
+    run_tasks<kMR, kNV, false>(task, K * 2);
     return y;
   }
   // x in fp32 once, rows padded with a zero to an even length (the last pair's partner).
@@ -306,22 +324,7 @@ inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const 
     for (; k < K; ++k) out[k] = static_cast<float>(c10::bit_cast<at::BFloat16>(row[k]));
   }
   task.xf = xf.data();
-  task.panel = panel_rows(pairs * 2 * 4, kFmaMR);
-  task.groups = (N + kFmaGroup - 1) / kFmaGroup;
-  npu_serve_pool::Pool::instance().run((M + task.panel - 1) / task.panel * task.groups, [](void* ctx, int64_t i) {
-    const Task& t = *static_cast<const Task*>(ctx);
-    FlushDenormals daz_ftz;
-    const int64_t n0 = i % t.groups * kFmaGroup, cols = std::min(kFmaGroup, t.N - n0);
-    const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
-    const int nv = static_cast<int>((cols + kLanes - 1) / kLanes);
-    const uint16_t* w = t.w + (n0 / kLanes) * t.wstride;
-    const at::BFloat16* b = t.bias != nullptr ? t.bias + n0 : nullptr;
-    for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += kFmaMR) {
-      const int mr = static_cast<int>(std::min<int64_t>(kFmaMR, m_end - m0));
-      kFmaTiles[mr - 1][nv - 1](t.xf + m0 * t.pairs * 2, t.pairs * 2, t.pairs, w, t.wstride, b, cols,
-                                t.y + m0 * t.N + n0, t.N);
-    }
-  }, &task);
+  run_tasks<kFmaMR, kFmaNV, true>(task, pairs * 2 * 4);
 #endif
   return y;
 }
