@@ -23,18 +23,27 @@ logger = logging.getLogger(__name__)
 CFLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17"]
 
 
-def cpu_tag() -> str:
-    """Short hash of the CPU's feature flags (and the machine type), part of the module name."""
-    flags = platform.machine()
+def cpu_flags_line() -> str:
+    """/proc/cpuinfo's first feature-flags line ("flags" on x86, "Features" on Arm), or "" if none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith(("flags", "Features")):
-                    flags += line
-                    break
+                    return line
     except OSError:
         pass
-    return hashlib.sha1(flags.encode()).hexdigest()[:10]
+    return ""
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags, as the kernel probes name them (avx512_bf16, amx_bf16, ...)."""
+    line = cpu_flags_line()
+    return set(line.split(":", 1)[1].split()) if ":" in line else set()
+
+
+def cpu_tag() -> str:
+    """Short hash of the CPU's feature flags (and the machine type), part of the module name."""
+    return hashlib.sha1((platform.machine() + cpu_flags_line()).encode()).hexdigest()[:10]
 
 
 def _ensure_ninja_on_path() -> None:
