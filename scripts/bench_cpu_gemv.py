@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The bf16 linear kernel over packed weights (npu_serve_kernels.linear, both tile variants) against
+"""The bf16 linear kernel over packed weights (npu_serve_kernels.linear, each tile variant) against
 F.linear (oneDNN) on SmolLM2-135M's linear shapes, per input row count, one thread (--threads), paired
 and alternated in one process:
 
@@ -8,7 +8,8 @@ and alternated in one process:
 
 For each row count it times one step's worth of linears (30 layers of q, k, v, o, gate, up, down,
 then lm_head unless --no-lm-head, as for prefill-sized row counts; weights far larger than the caches,
-as in a real step) with the kernel's dot tiles, its FMA tiles and F.linear, alternating, and prints
+as in a real step) with the kernel's dot tiles, its FMA tiles, its AMX tiles (where the CPU has AMX)
+and F.linear, alternating, and prints
 the best-of-N step times and the ratios to F.linear. Below 8 rows the kernel runs its dot tiles
 whatever variant is set (cpu_gemm.h), so the two kernel columns time the same tiles there.
 `--other-source` builds another kernel from a source file that binds `linear_bf16(x, w)` and
@@ -54,13 +55,14 @@ def main() -> None:
 
     fns = {"F.linear": F.linear}
     chosen = gemv.variant()
-    fns.update(dict([variant("dot"), variant("fma")]))
+    tiles = ["dot", "fma"] + (["amx"] if gemv.amx_available() else [])
+    fns.update(dict(variant(t) for t in tiles))
     if args.other_source:
         other = CpuExtension("npu_serve_cpu_gemv_other", args.other_source, "other GEMV").load()
         fns["other"] = other.linear_bf16
         other_max = other.max_rows()
     print(f"kernel variant chosen here: {chosen}")
-    print(f"{'rows':>4} " + " ".join(f"{n:>10}" for n in fns) + "  dot/F.linear  fma/F.linear" +
+    print(f"{'rows':>4} " + " ".join(f"{n:>10}" for n in fns) + "".join(f"  {t + '/F.linear':>12}" for t in tiles) +
           ("  dot/other" if "other" in fns else ""))
     with torch.inference_mode():
         for m in [int(r) for r in args.rows.split(",")]:
@@ -69,14 +71,14 @@ def main() -> None:
             best = {n: float("inf") for n in fns}
             for _ in range(args.repeats):
                 for name, fn in run.items():
-                    if name in ("dot", "fma"):
+                    if name in tiles:
                         gemv.set_variant(name)
                     t0 = time.perf_counter()
                     for w in weights:
                         fn(xs[w.shape[1]], w)
                     best[name] = min(best[name], time.perf_counter() - t0)
             line = f"{m:>4} " + " ".join(f"{best[n] * 1e3:>8.2f}ms" for n in fns)
-            line += f"  {best['dot'] / best['F.linear']:>12.2f}  {best['fma'] / best['F.linear']:>12.2f}"
+            line += "".join(f"  {best[t] / best['F.linear']:>12.2f}" for t in tiles)
             if "other" in run:
                 line += f"  {best['dot'] / best['other']:>9.2f}"
             print(line, flush=True)

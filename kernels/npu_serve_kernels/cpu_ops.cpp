@@ -17,11 +17,17 @@ using at::Tensor;
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // linear/cpu_gemm.h
   m.def("gemm_available", &npu_serve_gemm::available, "True when built with AVX512-BF16");
-  m.def("gemm_variant", []() { return npu_serve_gemm::variant() == npu_serve_gemm::kFma ? "fma" : "dot"; },
-        "the tiles linear() uses on this CPU (timed on first use: same bits, different speed)");
+  m.def("gemm_variant", []() {
+    static const char* names[] = {"dot", "fma", "amx"};
+    return std::string(names[npu_serve_gemm::variant()]);
+  }, "the tiles linear() uses on this CPU (timed on first use; dot and fma give the same bits)");
+  m.def("gemm_amx_available", []() { return NPU_SERVE_HAS_AMX && npu_serve_gemm::amx_ready(); },
+        "True when built with AMX and Linux lets this process use the tiles");
   m.def("gemm_set_variant", [](const std::string& name) {
-    TORCH_CHECK(name == "dot" || name == "fma", "gemm variant: 'dot' or 'fma', got '", name, "'");
-    npu_serve_gemm::variant_slot().store(name == "fma" ? npu_serve_gemm::kFma : npu_serve_gemm::kDot);
+    TORCH_CHECK(name == "dot" || name == "fma" || name == "amx", "gemm variant: 'dot', 'fma' or 'amx', got '",
+                name, "'");
+    const auto v = name == "amx" ? npu_serve_gemm::kAmx : name == "fma" ? npu_serve_gemm::kFma : npu_serve_gemm::kDot;
+    TORCH_CHECK(npu_serve_gemm::set_variant(v), "gemm variant 'amx': this CPU, compiler or kernel has no AMX");
   }, py::arg("name"));
   py::class_<PackedWeight, std::shared_ptr<PackedWeight>>(m, "PackedWeight")
       .def(py::init<Tensor>(), py::arg("weight"), "a bf16 [N, K] weight packed for the kernel (a copy)")

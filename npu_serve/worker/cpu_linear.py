@@ -9,9 +9,11 @@ rows to the kernel and everything else (prefill chunks, big batches, other dtype
 before. Same contract as `F.linear` (fp32 sums, one rounding to bf16); only the order of the fp32 sums
 differs (cpu_gemm.h).
 
-Prefill chunks go to the kernel too on CPUs without AMX: its FMA tiles ran SmolLM2's linears at 250
-rows in 0.63x of oneDNN's time on a Xeon whose VDPBF16PS is half as fast as its FMAs; where AMX
-exists, oneDNN's tiles are far faster at those sizes and the kernel keeps to decode batches.
+Prefill chunks go to the kernel too: without AMX its FMA tiles ran SmolLM2's linears at 250 rows in
+0.63x of oneDNN's time on a Xeon whose VDPBF16PS is half as fast as its FMAs; with AMX its AMX tiles
+ran them in 0.35-0.5x of oneDNN's time at 8-256 rows and 0.83-0.98x at 2048 (2-core Xeon with AMX,
+2 threads, scripts/bench_cpu_gemv.py). Only where the CPU has AMX and the kernel cannot use it does
+oneDNN keep inputs of more than DECODE_ROWS rows.
 
 Installed by CpuPlatform.prepare_model; EngineConfig.cpu_gemv_rows chooses `max_rows` (0: off, None:
 the default above).
@@ -32,7 +34,7 @@ ALL_ROWS = 2**62  # "every input size" as a row limit (the C++ Linear compares r
 
 def install(model: torch.nn.Module, max_rows: int | None) -> int:
     """Give every bf16 `nn.Linear` of `model` the kernel forward for inputs of up to `max_rows` rows
-    (None: all of them, or 32 on a CPU with AMX); returns how many got it (0 when `max_rows` is 0, the
+    (None: all of them, or DECODE_ROWS on a CPU whose AMX the kernel cannot use); returns how many got it (0 when `max_rows` is 0, the
     kernel cannot be built here, or no linear is bf16)."""
     if max_rows is not None and max_rows <= 0:
         return 0
@@ -42,7 +44,7 @@ def install(model: torch.nn.Module, max_rows: int | None) -> int:
         logger.info("bf16 linear kernel unavailable on this CPU: linears stay on torch")
         return 0
     if max_rows is None:
-        max_rows = kernel.DECODE_ROWS if kernel.has_amx() else ALL_ROWS
+        max_rows = kernel.DECODE_ROWS if kernel.has_amx() and kernel.variant() != "amx" else ALL_ROWS
     count = size = 0
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) and module.weight.dtype == torch.bfloat16 \

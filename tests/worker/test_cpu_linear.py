@@ -11,6 +11,18 @@ import torch.nn.functional as F
 from npu_serve_kernels.linear import cpu as gemv
 
 needs_kernel = pytest.mark.skipif(not gemv.available(), reason="no AVX512-BF16 on this CPU (or no compiler)")
+# Every tile variant, each forced in turn; "amx" only where the CPU has AMX and Linux grants the tiles.
+TILES = ["dot", "fma", pytest.param("amx", marks=pytest.mark.skipif(
+    not (gemv.available() and gemv.amx_available()), reason="no AMX on this CPU (or the kernel cannot use it)"))]
+
+
+@pytest.fixture
+def tiles(request):
+    """Forces the tile variant named by the test's `tiles` parameter, and restores the chosen one."""
+    chosen = gemv.variant()
+    gemv.set_variant(request.param)
+    yield request.param
+    gemv.set_variant(chosen)
 
 
 def _bf16_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
@@ -22,9 +34,11 @@ def _bf16_close(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tens
 
 
 @needs_kernel
-@pytest.mark.parametrize("m", [*range(1, gemv.DECODE_ROWS + 1), 41, 250])
+@pytest.mark.parametrize("tiles", TILES, indirect=True)
+@pytest.mark.parametrize("m", [*range(1, 33), 41, 250])
 @pytest.mark.parametrize("n,k", [(576, 576), (7, 64), (193, 100), (130, 1536), (1, 31)])
-def test_kernel_matches_fp32_linear(m, n, k):
+def test_kernel_matches_fp32_linear(m, n, k, tiles):
+    """(With the AMX tiles forced, K = 100 and 31 run on the faster AVX512 tiles: AMX takes K in 32s.)"""
     torch.manual_seed(m * 1000 + n + k)
     x = torch.randn(m, k).bfloat16()
     w = (torch.randn(n, k) / k**0.5).bfloat16()
@@ -36,8 +50,9 @@ def test_kernel_matches_fp32_linear(m, n, k):
 
 
 @needs_kernel
-@pytest.mark.parametrize("n,k", [(576, 576), (193, 101), (1536, 576)])
-def test_a_rows_result_does_not_depend_on_its_batch(n, k):
+@pytest.mark.parametrize("tiles", TILES, indirect=True)
+@pytest.mark.parametrize("n,k", [(576, 576), (193, 101), (1536, 576), (40, 1536)])
+def test_a_rows_result_does_not_depend_on_its_batch(n, k, tiles):
     """Each output's sums run in one order whatever the row count (row blocks and panels only share
     weight loads), so a request's logits are the same bits alone or among 31 others, and in a prefill chunk."""
     torch.manual_seed(n + k)
@@ -73,8 +88,34 @@ def test_both_tile_variants_give_the_same_bits(n, k):
     assert torch.equal(got["dot"][0], got["fma"][0]) and torch.equal(got["dot"][1], got["fma"][1])
     assert got["dot"][1][1, 0] == 0  # VDPBF16PS flushes the denormal sum; so must the FMA tiles
     _bf16_close(got["dot"][0][2:], x[2:], w, b)
-    with pytest.raises(RuntimeError, match="'dot' or 'fma'"):
-        gemv.set_variant("amx")
+    with pytest.raises(RuntimeError, match="'dot', 'fma' or 'amx'"):
+        gemv.set_variant("avx")
+    if not gemv.amx_available():
+        with pytest.raises(RuntimeError, match="no AMX"):
+            gemv.set_variant("amx")
+        assert gemv.variant() == chosen
+
+
+@needs_kernel
+@pytest.mark.parametrize("tiles", TILES[2:], indirect=True)
+@pytest.mark.parametrize("n,k", [(576, 576), (48, 64), (200, 1536)])
+def test_amx_tiles_flush_denormals_and_round_like_the_others(n, k, tiles):
+    """TDPBF16PS sums in its own order, but with VDPBF16PS's rules: denormal inputs and sums are
+    zero, one rounding to bf16 at the end; its results stay within the fp32-sum bound."""
+    torch.manual_seed(n + k)
+    x = torch.randn(40, k).bfloat16()
+    x[0, :4] = torch.tensor([1e-39, -3e-39, 1e-30, 1e30]).bfloat16()
+    x[1] = 1e-20
+    w = (torch.randn(n, k) / k**0.5).bfloat16()
+    w[0] = 1e-20
+    b = torch.randn(n).bfloat16()
+    y = gemv.pack(w)(x, b)
+    assert gemv.pack(w)(x)[1, 0] == 0  # 1e-40 products: below fp32's normal range, flushed
+    _bf16_close(y[2:], x[2:], w, b)
+    gemv.set_variant("fma")
+    # A different order of fp32 sums: at most a bf16 step apart, and never far.
+    other = gemv.pack(w)(x, b)
+    assert ((y[2:].float() - other[2:].float()).abs() <= other[2:].float().abs() * 2.0**-7 + 1e-3).all()
 
 
 @needs_kernel
@@ -135,7 +176,7 @@ def test_install_routes_small_batches_to_the_kernel_and_the_rest_to_torch(monkey
     with torch.inference_mode():
         x = torch.randn(300, 64).bfloat16()
         y = wide(x)
-    if gemv.has_amx():  # decode batches only: oneDNN's AMX tiles take prefill sizes
+    if gemv.has_amx() and gemv.variant() != "amx":  # decode batches only: oneDNN's AMX takes the rest
         assert calls == [] and torch.equal(y, F.linear(x, wide[0].weight, wide[0].bias))
     else:
         assert calls == [(300, 64)]
@@ -168,9 +209,9 @@ def test_bf16_engine_with_the_kernel_tracks_the_engine_without_it(tiny_llama_dir
     rng = torch.Generator().manual_seed(0)
     prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [100, 200, 300]]
     prompts += [torch.randint(3, 500, (int(n),), generator=rng).tolist()
-                for n in torch.randint(1, 40, (gemv.DECODE_ROWS - 3,), generator=rng)]
+                for n in torch.randint(1, 40, (29,), generator=rng)]
     outs = []
-    for rows in (0, None):  # None: the default (every size, or decode batches where AMX exists)
+    for rows in (0, None):  # None: the default (every size; decode batches where AMX is oneDNN's only)
         llm = LLM(tiny_llama_dir, device="cpu", dtype="bfloat16", cpu_gemv_rows=rows)
         outs.append([[o.outputs[0].token_ids for o in llm.generate(p, params)] for p in (prompts[:3], prompts)])
     assert outs[0] == outs[1]

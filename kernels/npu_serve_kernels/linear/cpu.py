@@ -1,4 +1,5 @@
-"""CPU bf16 linear over a packed weight (`cpu_gemm.h`, AVX512-BF16, C++): build on first use, pack, call.
+"""CPU bf16 linear over a packed weight (`cpu_gemm.h`, AVX512-BF16, AMX where the CPU has it, C++):
+build on first use, pack, call.
 
 `available()` is True only where the extension builds and the CPU has AVX512-BF16; elsewhere the
 caller keeps `torch.nn.functional.linear`. The reference is `F.linear` in float32 (the test).
@@ -8,10 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from npu_serve_kernels._cpu_build import cpu_flags
 from npu_serve_kernels.cpu_ops import EXT as _EXT
 
-# Decode batches: the rows npu-serve sends to the kernel by default where oneDNN has AMX for larger inputs.
-DECODE_ROWS = 32
+# Where the CPU has AMX but the kernel cannot use it (built without it, or Linux refused the tiles), rows
+# up to this many go to the AVX512 tiles and larger inputs to oneDNN's AMX: measured on a 2-core Xeon with
+# AMX (SmolLM2's linears, 2 threads), oneDNN caught up with the FMA tiles at ~24 rows.
+DECODE_ROWS = 16
 
 
 def available() -> bool:
@@ -19,25 +23,19 @@ def available() -> bool:
     return _EXT.available() and bool(_EXT.load().gemm_available())
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def has_amx() -> bool:
-    """Whether this CPU offers AMX-BF16 (oneDNN's tiles then beat the kernel on prefill-sized inputs)."""
-    return "amx_bf16" in _cpu_flags()
+    """Whether this CPU offers AMX-BF16 (a flag check: builds nothing)."""
+    return "amx_bf16" in cpu_flags()
+
+
+def amx_available() -> bool:
+    """Whether the kernel runs AMX tiles here (built with them, and Linux lets this process use them)."""
+    return available() and bool(_EXT.load().gemm_amx_available())
 
 
 def has_avx512_bf16() -> bool:
     """Whether this CPU has the instructions the kernel needs (a flag check: builds nothing)."""
-    return {"avx512f", "avx512bw", "avx512_bf16"} <= _cpu_flags()
+    return {"avx512f", "avx512bw", "avx512_bf16"} <= cpu_flags()
 
 
 def pack(weight: torch.Tensor):
@@ -48,11 +46,12 @@ def pack(weight: torch.Tensor):
 
 
 def variant() -> str:
-    """Which tiles the kernel runs here: "dot" (VDPBF16PS) or "fma" (fp32 FMAs over widened weights),
-    chosen by timing both on first use. They give the same bits (cpu_gemm.h); only speed differs."""
+    """Which tiles the kernel runs here: "dot" (VDPBF16PS), "fma" (fp32 FMAs over widened weights) or
+    "amx" (TDPBF16PS), chosen by timing them on first use. dot and fma give the same bits; amx sums in
+    its own order and, once chosen, runs every row count (cpu_gemm.h)."""
     return str(_EXT.load().gemm_variant())
 
 
 def set_variant(name: str) -> None:
-    """Force "dot" or "fma" (tests, benchmarks)."""
+    """Force "dot", "fma" or "amx" (tests, benchmarks); RuntimeError for "amx" where it cannot run."""
     _EXT.load().gemm_set_variant(name)

@@ -30,6 +30,7 @@
 #include <torch/extension.h>
 
 #include "../cpu_pool.h"
+#include "cpu_amx.h"
 
 #include <algorithm>
 #include <array>
@@ -229,7 +230,7 @@ class FlushDenormals {
 
 #endif
 
-enum Variant : int { kDot = 0, kFma = 1 };
+enum Variant : int { kDot = 0, kFma = 1, kAmx = 2 };
 
 // Rows of x per panel: tasks run panel by panel, each panel meeting every group of weights, so that a
 // panel (~768 KiB) stays in the core's L2 while the weights stream past. Without panels, every group
@@ -282,8 +283,54 @@ inline void run_tasks(Task& t, int64_t row_bytes) {
 }
 #endif
 
+#if NPU_SERVE_HAS_BF16_GEMM && NPU_SERVE_HAS_AMX
+// Output blocks of 16 per AMX task: 4 (two block pairs) keep a decode batch's small matrices in several
+// tasks for the helpers (SmolLM2's k/v projections: 12 blocks, 3 tasks).
+inline constexpr int64_t kAmxGroupBlocks = 4;
+
+// Every (panel, group) task of `t` with the AMX tiles (cpu_amx.h); K is a multiple of 32.
+inline void run_amx_tasks(Task& t) {
+  t.panel = panel_rows(t.K * 2, kAmxRows);
+  const int64_t blocks = (t.N + kLanes - 1) / kLanes;
+  t.groups = (blocks + kAmxGroupBlocks - 1) / kAmxGroupBlocks;
+  npu_serve_pool::Pool::instance().run((t.M + t.panel - 1) / t.panel * t.groups, [](void* ctx, int64_t i) {
+    const Task& t = *static_cast<const Task*>(ctx);
+    const int64_t blocks = (t.N + kLanes - 1) / kLanes;
+    const int64_t b0 = i % t.groups * kAmxGroupBlocks, b_end = std::min(blocks, b0 + kAmxGroupBlocks);
+    const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
+    alignas(64) float c[kAmxRows * 32];
+    int configured = 0;  // the row count the loaded tile configuration is for
+    for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += kAmxRows) {
+      const int mr = static_cast<int>(std::min<int64_t>(kAmxRows, m_end - m0));
+      if (mr != configured) {
+        const TileConfig cfg = amx_config(mr);
+        _tile_loadconfig(&cfg);
+        configured = mr;
+      }
+      const uint16_t* x = t.x + m0 * t.ldx;
+      for (int64_t b = b0; b < b_end; b += 2) {
+        const uint16_t* w = t.w + b * t.wstride;
+        const bool two = b + 1 < b_end, half1 = mr > kAmxHalf;
+        if (half1 && two) amx_block<true, true>(x, t.ldx, t.K, w, t.wstride, c);
+        else if (half1) amx_block<true, false>(x, t.ldx, t.K, w, t.wstride, c);
+        else if (two) amx_block<false, true>(x, t.ldx, t.K, w, t.wstride, c);
+        else amx_block<false, false>(x, t.ldx, t.K, w, t.wstride, c);
+        const int64_t n0 = b * kLanes, cols = std::min<int64_t>(2 * kLanes, t.N - n0);
+        const at::BFloat16* bias = t.bias != nullptr ? t.bias + n0 : nullptr;
+        for (int m = 0; m < mr; ++m) {
+          const __m512 acc[2] = {_mm512_load_ps(c + m * 32), _mm512_load_ps(c + m * 32 + 16)};
+          store_tile<1, 2>(acc, bias, cols, t.y + (m0 + m) * t.N + n0, t.N);
+        }
+      }
+    }
+    if (configured) _tile_release();
+  }, &t);
+}
+#endif
+
 // x [M, K] bf16 (rows contiguous), packed = pack(w) for w [N, K], bias [N] or None: y [M, N] bf16,
-// computed by the given variant's tiles (the same bits either way; only the speed differs).
+// computed by the given variant's tiles (dot and FMA: the same bits, only the speed differs; AMX:
+// its own order of sums, and only where amx_usable(K)).
 inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const torch::Tensor& packed, int64_t N,
                                  int64_t in_features, const c10::optional<torch::Tensor>& bias) {
   TORCH_CHECK(NPU_SERVE_HAS_BF16_GEMM, "this CPU (or compiler) has no AVX512-BF16");
@@ -308,6 +355,15 @@ inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const 
   Task task{reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>()), x.stride(0), nullptr, M, K, N, pairs,
             reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>()), pairs * 32, bp,
             y.data_ptr<at::BFloat16>(), 0, 0};
+  if (variant == kAmx) {
+#if NPU_SERVE_HAS_AMX
+    TORCH_CHECK(amx_ready() && K % kAmxK == 0, "gemm linear: the AMX tiles need AMX and K a multiple of 32");
+    run_amx_tasks(task);
+    return y;
+#else
+    TORCH_CHECK(false, "gemm linear: built without AMX");
+#endif
+  }
   if (variant == kDot) {
     run_tasks<kMR, kNV, false>(task, K * 2);
     return y;
@@ -329,47 +385,77 @@ inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const 
   return y;
 }
 
-// The variant linear() uses: -1 until chosen (on first use, by timing both here), or set for tests.
+// Whether the AMX tiles can run a linear of K inputs here.
+inline bool amx_usable(int64_t K) { return NPU_SERVE_HAS_AMX && amx_ready() && K % kAmxK == 0; }
+
+// The variants linear() uses: the fastest overall, and the faster of the two AVX512 ones (for inputs
+// the AMX tiles cannot take). -1 until chosen (on first use, by timing them here), or set for tests.
 inline std::atomic<int>& variant_slot() {
   static std::atomic<int> slot{-1};
   return slot;
 }
+inline std::atomic<int>& avx_variant_slot() {
+  static std::atomic<int> slot{-1};
+  return slot;
+}
 
-// Times both variants on one SmolLM2-sized layer (64 rows x 576 -> 1536, weights in cache: the
-// compute-bound case where they differ) and returns the faster; best of 5 alternated runs each.
-inline Variant choose_variant() {
-  if (!NPU_SERVE_HAS_BF16_GEMM) return kDot;
+// Times the variants on one SmolLM2-sized layer (64 rows x 576 -> 1536, weights in cache: the
+// compute-bound case where they differ); best of 5 alternated runs each. Sets both slots.
+inline void choose_variant() {
   const int64_t M = 64, K = 576, N = 1536;
   // Constant operands: the time does not depend on the values, and torch's global generator (which
   // seeded sampling may rely on) is left alone.
   const torch::Tensor x = torch::full({M, K}, 0.5, torch::dtype(at::kBFloat16));
   const torch::Tensor packed = pack(torch::full({N, K}, 0.25, torch::dtype(at::kBFloat16)));
-  double best[2] = {1e30, 1e30};
+  const bool amx = amx_usable(K);
+  double best[3] = {1e30, 1e30, 1e30};
   for (int round = 0; round < 5; ++round)
-    for (int v : {kDot, kFma}) {
+    for (int v : {kDot, kFma, kAmx}) {
+      if (v == kAmx && !amx) continue;
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < 4; ++i) linear_with(static_cast<Variant>(v), x, packed, N, K, c10::nullopt);
       best[v] = std::min(best[v], std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-  return best[kFma] < best[kDot] ? kFma : kDot;
+  const int avx = best[kFma] < best[kDot] ? kFma : kDot;
+  avx_variant_slot().store(avx, std::memory_order_relaxed);
+  variant_slot().store(best[kAmx] < best[avx] ? kAmx : avx, std::memory_order_relaxed);
 }
 
 inline Variant variant() {
-  int v = variant_slot().load(std::memory_order_relaxed);
-  if (v < 0) {
-    v = choose_variant();
-    variant_slot().store(v, std::memory_order_relaxed);
+  if (variant_slot().load(std::memory_order_relaxed) < 0) {
+    if (!NPU_SERVE_HAS_BF16_GEMM) return kDot;
+    choose_variant();
   }
-  return static_cast<Variant>(v);
+  return static_cast<Variant>(variant_slot().load(std::memory_order_relaxed));
+}
+
+// Forces a variant (tests, benchmarks); false (nothing changed) for AMX where it cannot run.
+inline bool set_variant(Variant v) {
+  if (v == kAmx && !(NPU_SERVE_HAS_AMX && amx_ready())) return false;
+  if (v != kAmx) avx_variant_slot().store(v, std::memory_order_relaxed);
+  else if (avx_variant_slot().load(std::memory_order_relaxed) < 0) avx_variant_slot().store(kFma);
+  variant_slot().store(v, std::memory_order_relaxed);
+  return true;
 }
 
 // Below this many rows a linear is bound by reading the weights, and the dot tiles (three weight streams,
 // no widening) read them fastest on every CPU measured; above, the variant timed fastest here.
 inline constexpr int64_t kFmaMinRows = 8;
 
+// Which tiles run x [M, K]: the AMX ones at every row count where chosen and usable (so a row's
+// result never depends on its batch), else the dot tiles below kFmaMinRows rows and the faster AVX512
+// variant above.
+inline Variant variant_for(int64_t M, int64_t K) {
+  const Variant v = variant();
+  if (v == kAmx && amx_usable(K)) return kAmx;
+  if (M < kFmaMinRows) return kDot;
+  return static_cast<Variant>(v == kAmx ? avx_variant_slot().load(std::memory_order_relaxed) : v);
+}
+
 inline torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& packed, int64_t N, int64_t in_features,
                             const c10::optional<torch::Tensor>& bias) {
-  return linear_with(x.dim() == 2 && x.size(0) < kFmaMinRows ? kDot : variant(), x, packed, N, in_features, bias);
+  const int64_t M = x.dim() == 2 ? x.size(0) : 0;
+  return linear_with(variant_for(M, in_features), x, packed, N, in_features, bias);
 }
 
 // A linear's weight packed once (at model load), with its shape: what the layers hold and call.
