@@ -25,6 +25,7 @@
 
 #include "../linear/cpu_gemm.h"
 #include "../paged_attention/cpu_decode.h"
+#include "cpu_fused.h"
 
 #include <omp.h>
 
@@ -82,20 +83,50 @@ struct Linear {
   }
 };
 
-// transformers' LlamaRMSNorm.forward, op for op.
+// transformers' LlamaRMSNorm.forward: fused (cpu_fused.h: the same bits in two passes and torch's
+// mean) where it can, else op for op. Its rsqrt values number x's rows (T, or T x heads for Qwen3's
+// q/k norms): the Serial scope's count.
 inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
+  const int64_t C = x.dim() ? x.size(-1) : 1, rows = C ? x.numel() / C : 0;
+  Tensor fused = npu_serve_fused::rms_norm(x, weight, eps, [rows](const Tensor& sq) {
+    Serial serial(rows);
+    return sq.mean(-1, /*keepdim=*/true);
+  });
+  if (fused.defined()) return fused;
+  Serial serial(rows);
   Tensor h = x.to(at::kFloat);
   Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * at::rsqrt(variance + eps);
   return weight * h.to(x.scalar_type());
 }
 
-// transformers' rotate_half and apply_rotary_pos_emb for one of q / k: x [1, T, H, D], cos/sin [1, T, D].
-// (transformers applies it to the transposed [1, H, T, D] view; elementwise ops give the same values.)
+// transformers' rotate_half and apply_rotary_pos_emb for one of q / k: x [1, T, H, D], cos/sin [1, T, D];
+// returns [T, H, D]. Fused (cpu_fused.h) where it can, else op for op. (transformers applies it to the
+// transposed [1, H, T, D] view; elementwise ops give the same values.)
 inline Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  Tensor fused = npu_serve_fused::rotary(x, cos, sin);
+  if (fused.defined()) return fused;
+  Serial serial(x.size(1));
   const int64_t half = x.size(-1) / 2;
+  const Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // [1, T, 1, D]: broadcast over heads
   Tensor rotated = at::cat({x.slice(-1, half).neg(), x.slice(-1, 0, half)}, -1);
-  return x * cos + rotated * sin;
+  return (x * c + rotated * s)[0];
+}
+
+// a + b and a * b of same-shaped [1, T, ...] tensors: fused (cpu_fused.h, both cores) where it can,
+// else torch's op on one thread.
+inline Tensor add(const Tensor& a, const Tensor& b, int64_t T) {
+  Tensor fused = npu_serve_fused::binary<false>(a, b);
+  if (fused.defined()) return fused;
+  Serial serial(T);
+  return a + b;
+}
+
+inline Tensor mul(const Tensor& a, const Tensor& b, int64_t T) {
+  Tensor fused = npu_serve_fused::binary<true>(a, b);
+  if (fused.defined()) return fused;
+  Serial serial(T);
+  return a * b;
 }
 
 class DecoderLayer {
@@ -112,19 +143,13 @@ class DecoderLayer {
   // [T, Hkv, D] and value [T, Hkv, Dv] the attention backend takes. x: [1, T, C].
   std::tuple<Tensor, Tensor, Tensor> attention_in(const Tensor& x, const Tensor& cos, const Tensor& sin) const {
     const int64_t T = x.size(1);
-    Tensor h;
-    {
-      Serial serial(T);
-      h = rms_norm(x, input_norm_, eps_);
-    }
+    const Tensor h = rms_norm(x, input_norm_, eps_);
     Tensor q = q_(h).view({1, T, num_heads_, head_dim_});
     Tensor k = k_(h).view({1, T, num_kv_heads_, head_dim_});
     Tensor v = v_(h).view({T, num_kv_heads_, v_head_dim_});
-    Serial serial(q_norm_.has_value() ? T * num_heads_ : T);  // Qwen3's q norm: one rsqrt per token and head
-    if (q_norm_.has_value()) q = rms_norm(q, *q_norm_, qk_eps_);
+    if (q_norm_.has_value()) q = rms_norm(q, *q_norm_, qk_eps_);  // Qwen3: one rsqrt per token and head
     if (k_norm_.has_value()) k = rms_norm(k, *k_norm_, qk_eps_);
-    const Tensor c = cos.unsqueeze(2), s = sin.unsqueeze(2);  // [1, T, 1, D]: broadcast over heads
-    return {rotary(q, c, s)[0], rotary(k, c, s)[0], v};
+    return {rotary(q, cos, sin), rotary(k, cos, sin), v};
   }
 
   // The whole layer for a step of decodes only (one new token per request) on the CPU attention
@@ -145,27 +170,15 @@ class DecoderLayer {
   // x: the layer's input [1, T, C]; attn: the backend's output [T, H, Dv].
   Tensor attention_out_mlp(const Tensor& x, const Tensor& attn) const {
     const int64_t T = x.size(1);
-    Tensor a, mid, h;
+    Tensor a;
     {
       Serial serial(T);
       a = attn.reshape({1, T, -1}).contiguous();
     }
-    const Tensor o = o_(a);
-    {
-      Serial serial(T);
-      mid = x + o;
-      h = rms_norm(mid, post_norm_, eps_);
-    }
+    const Tensor mid = add(x, o_(a), T);
+    const Tensor h = rms_norm(mid, post_norm_, eps_);
     const Tensor act = at::silu(gate_(h));
-    const Tensor up = up_(h);
-    Tensor gated;
-    {
-      Serial serial(T);
-      gated = act * up;
-    }
-    const Tensor mlp = down_(gated);
-    Serial serial(T);
-    return mid + mlp;
+    return add(mid, down_(mul(act, up_(h), T)), T);
   }
 
  private:

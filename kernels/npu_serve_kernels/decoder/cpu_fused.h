@@ -1,0 +1,244 @@
+// RMSNorm and RoPE as transformers computes them, with fewer passes over memory and the same bits.
+//
+// (And a plain add or multiply of two same-shaped tensors, on both cores: torch's run on one core
+// below its grain size, where cpu_decoder.h's Serial scope keeps them.)
+//
+// Why: in a 2048-token prefill step of SmolLM2 (bf16, 2-core Xeon) torch's elementwise ops took more
+// time than the linears: per layer two RMSNorms of 8 ops (to float, pow, mean, add, rsqrt, mul, to
+// bf16, mul: five full passes over [T, C]) and RoPE's 5 ops on q and on k (neg, cat, two muls, add),
+// each op one pass that rounds its result (torch.profiler: mul 319 ms, copy 109, pow 86, add 71, cat 30,
+// neg 13 of a 2.3 s step).
+//
+// Same bits by construction: every op here is one IEEE operation per element in transformers' order,
+// rounded where torch rounds. For bf16 tensors, torch's elementwise ops compute in fp32 and round each
+// result to bf16 (nearest even), so the fused loops round after each op too; products and sums of the
+// fp32 path are single correctly rounded operations, vectorised or not; rsqrt is 1/sqrt (torch's
+// Vectorized<float>::rsqrt and its scalar tail both are, and both are correctly rounded). The one
+// reduction, RMSNorm's mean of squares, is still torch's `mean` on a tensor of the same shape, dtype
+// and values as in transformers (only the squares are computed here). The model runner's start-up
+// check (ModelRunner._fast_matches) compares the whole forward with transformers' bit for bit anyway.
+//
+// Where the CPU lacks AVX-512, or a tensor is not contiguous or not bf16/fp32, the op-for-op versions
+// in cpu_decoder.h run instead.
+
+#pragma once
+
+#include <torch/extension.h>
+
+#include "../cpu_pool.h"
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define NPU_SERVE_HAS_FUSED 1
+#else
+#define NPU_SERVE_HAS_FUSED 0
+#endif
+
+namespace npu_serve_fused {
+
+using at::Tensor;
+
+#if NPU_SERVE_HAS_FUSED
+
+// Element access for the two dtypes, 16 lanes at a time, as fp32; `round` is what torch does to an
+// op's fp32 result in that dtype (bf16: nearest even, NaN -> 0x7FC0, as c10::BFloat16; fp32: nothing).
+template <typename T>
+struct Lanes;
+
+template <>
+struct Lanes<float> {
+  static __m512 load(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+  static void store(float* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
+  // Already rounded; the empty asm keeps the compiler from contracting this product and a following
+  // sum into one FMA (GCC contracts by default), which would skip the rounding torch does between them.
+  static __m512 round(__m512 v) {
+    asm("" : "+v"(v));
+    return v;
+  }
+};
+
+template <>
+struct Lanes<at::BFloat16> {
+  static __m512 load(const at::BFloat16* p, __mmask16 m) {
+    const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  }
+  static __m256i bits(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    return _mm512_cvtepi32_epi16(r);
+  }
+  static void store(at::BFloat16* p, __mmask16 m, __m512 v) { _mm256_mask_storeu_epi16(p, m, bits(v)); }
+  static __m512 round(__m512 v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits(v)), 16));
+  }
+};
+
+inline __mmask16 lanes_left(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+
+// Runs fn(lo, hi) over [0, rows) in chunks on the extension's pool (rows are independent).
+template <typename Fn>
+inline void for_rows(int64_t rows, int64_t row_elems, Fn fn) {
+  const int64_t per_chunk = std::max<int64_t>(1, (int64_t{16} << 10) / std::max<int64_t>(row_elems, 1));
+  struct Ctx {
+    Fn* fn;
+    int64_t rows, per_chunk;
+  } ctx{&fn, rows, per_chunk};
+  npu_serve_pool::Pool::instance().run((rows + per_chunk - 1) / per_chunk, [](void* p, int64_t i) {
+    const Ctx& c = *static_cast<const Ctx*>(p);
+    (*c.fn)(i * c.per_chunk, std::min(c.rows, (i + 1) * c.per_chunk));
+  }, &ctx);
+}
+
+// sq = float(x)^2, elementwise (torch: x.to(float32).pow(2), which is x * x).
+template <typename T>
+inline void squares(const T* x, float* sq, int64_t rows, int64_t C) {
+  for_rows(rows, C, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo * C; i < hi * C; i += 16) {
+      const __mmask16 m = lanes_left(hi * C - i);
+      const __m512 v = Lanes<T>::load(x + i, m);
+      _mm512_mask_storeu_ps(sq + i, m, _mm512_mul_ps(v, v));
+    }
+  });
+}
+
+// out = weight * to_T(float(x) * (1 / sqrt(var + eps))), row by row.
+template <typename T>
+inline void normalise(const T* x, const float* var, const T* weight, float eps, T* out, int64_t rows, int64_t C) {
+  for_rows(rows, C, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(var[r] + eps));
+      for (int64_t j = 0; j < C; j += 16) {
+        const __mmask16 m = lanes_left(C - j);
+        const __m512 h = Lanes<T>::round(_mm512_mul_ps(Lanes<T>::load(x + r * C + j, m), scale));
+        Lanes<T>::store(out + r * C + j, m, _mm512_mul_ps(Lanes<T>::load(weight + j, m), h));
+      }
+    }
+  });
+}
+
+// out[t, h] = x[t, h] * cos[t] + rotate_half(x[t, h]) * sin[t], each op rounded to T; x [T, H, D], cos/sin [T, D].
+template <typename T>
+inline void rotary(const T* x, const T* cos, const T* sin, T* out, int64_t tokens, int64_t heads, int64_t D) {
+  const int64_t half = D / 2;
+  for_rows(tokens, heads * D, [&](int64_t lo, int64_t hi) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (int64_t t = lo; t < hi; ++t) {
+      const T* c = cos + t * D;
+      const T* s = sin + t * D;
+      for (int64_t h = 0; h < heads; ++h) {
+        const T* xr = x + (t * heads + h) * D;
+        T* o = out + (t * heads + h) * D;
+        for (int64_t j = 0; j < half; j += 16) {
+          const __mmask16 m = lanes_left(half - j);
+          const __m512 x1 = Lanes<T>::load(xr + j, m), x2 = Lanes<T>::load(xr + half + j, m);
+          // First half: x1 * cos + (-x2) * sin; second half: x2 * cos + x1 * sin.
+          const __m512 a1 = Lanes<T>::round(_mm512_mul_ps(x1, Lanes<T>::load(c + j, m)));
+          const __m512 b1 = Lanes<T>::round(_mm512_mul_ps(_mm512_xor_ps(x2, sign), Lanes<T>::load(s + j, m)));
+          Lanes<T>::store(o + j, m, _mm512_add_ps(a1, b1));
+          const __m512 a2 = Lanes<T>::round(_mm512_mul_ps(x2, Lanes<T>::load(c + half + j, m)));
+          const __m512 b2 = Lanes<T>::round(_mm512_mul_ps(x1, Lanes<T>::load(s + half + j, m)));
+          Lanes<T>::store(o + half + j, m, _mm512_add_ps(a2, b2));
+        }
+      }
+    }
+  });
+}
+
+// out = a + b or a * b, elementwise, rounded to T (torch's add with alpha 1 is fmadd(b, 1, a): the
+// same single rounding).
+template <typename T, bool kMul>
+inline void binary(const T* a, const T* b, T* out, int64_t n) {
+  constexpr int64_t kChunk = 16 << 10;
+  for_rows((n + kChunk - 1) / kChunk, kChunk, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo * kChunk; i < std::min(n, hi * kChunk); i += 16) {
+      const __mmask16 m = lanes_left(std::min(n, hi * kChunk) - i);
+      const __m512 x = Lanes<T>::load(a + i, m), y = Lanes<T>::load(b + i, m);
+      Lanes<T>::store(out + i, m, kMul ? _mm512_mul_ps(x, y) : _mm512_add_ps(x, y));
+    }
+  });
+}
+
+#endif
+
+inline bool fusable(const Tensor& t) {
+  return NPU_SERVE_HAS_FUSED && t.device().is_cpu() && t.is_contiguous() &&
+         (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat);
+}
+
+// transformers' LlamaRMSNorm.forward for a contiguous x [..., C] and weight [C] of x's dtype; an
+// undefined tensor when it cannot (the caller then runs the op-for-op version). `mean` is torch's
+// reduction, given the squares in a tensor of x's shape (the caller picks its thread scope).
+template <typename Mean>
+inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps, Mean mean) {
+  if (!fusable(x) || !fusable(weight) || weight.scalar_type() != x.scalar_type() || x.dim() == 0 ||
+      weight.numel() != x.size(-1))
+    return Tensor();
+#if NPU_SERVE_HAS_FUSED
+  const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
+  Tensor sq = at::empty(x.sizes(), x.options().dtype(at::kFloat));
+  Tensor out = at::empty_like(x);
+  if (rows == 0) return out;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    squares<T>(x.data_ptr<T>(), sq.data_ptr<float>(), rows, C);
+    const Tensor var = mean(sq).contiguous();
+    // torch adds a Python float to a float32 tensor in fp32: the epsilon rounded to float once.
+    normalise<T>(x.data_ptr<T>(), var.data_ptr<float>(), weight.data_ptr<T>(), static_cast<float>(eps),
+                 out.data_ptr<T>(), rows, C);
+  };
+  if (x.scalar_type() == at::kBFloat16) run(at::BFloat16{});
+  else run(float{});
+  return out;
+#else
+  return Tensor();
+#endif
+}
+
+// transformers' apply_rotary_pos_emb for one of q / k: x [1, T, H, D] contiguous, cos/sin [1, T, D] of
+// x's dtype; returns [T, H, D], or an undefined tensor when it cannot.
+inline Tensor rotary(const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  if (!fusable(x) || !fusable(cos) || !fusable(sin) || x.dim() != 4 || x.size(0) != 1 || x.size(-1) % 2 ||
+      cos.scalar_type() != x.scalar_type() || sin.scalar_type() != x.scalar_type() ||
+      cos.numel() != x.size(1) * x.size(3) || sin.numel() != cos.numel())
+    return Tensor();
+#if NPU_SERVE_HAS_FUSED
+  const int64_t T = x.size(1), H = x.size(2), D = x.size(3);
+  Tensor out = at::empty({T, H, D}, x.options());
+  if (T == 0 || H == 0) return out;
+  auto run = [&](auto tag) {
+    using E = decltype(tag);
+    rotary<E>(x.data_ptr<E>(), cos.data_ptr<E>(), sin.data_ptr<E>(), out.data_ptr<E>(), T, H, D);
+  };
+  if (x.scalar_type() == at::kBFloat16) run(at::BFloat16{});
+  else run(float{});
+  return out;
+#else
+  return Tensor();
+#endif
+}
+
+// a + b (kMul false) or a * b of two contiguous tensors of one shape and dtype, on the pool's threads;
+// an undefined tensor when it cannot.
+template <bool kMul>
+inline Tensor binary(const Tensor& a, const Tensor& b) {
+  if (!fusable(a) || !fusable(b) || a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return Tensor();
+#if NPU_SERVE_HAS_FUSED
+  Tensor out = at::empty_like(a);
+  if (a.scalar_type() == at::kBFloat16)
+    binary<at::BFloat16, kMul>(a.data_ptr<at::BFloat16>(), b.data_ptr<at::BFloat16>(), out.data_ptr<at::BFloat16>(),
+                               a.numel());
+  else
+    binary<float, kMul>(a.data_ptr<float>(), b.data_ptr<float>(), out.data_ptr<float>(), a.numel());
+  return out;
+#else
+  return Tensor();
+#endif
+}
+
+}  // namespace npu_serve_fused
