@@ -6,6 +6,7 @@ build (no compiler, no headers) leaves all three unavailable and every caller on
 
 from __future__ import annotations
 
+import glob
 import os
 
 from npu_serve_kernels._cpu_build import CpuExtension
@@ -14,6 +15,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 EXT = CpuExtension(
     "npu_serve_cpu_ops", os.path.join(_HERE, "cpu_ops.cpp"), "npu-serve's CPU kernels",
-    depends=tuple(os.path.join(_HERE, f) for f in ("cpu_pool.h", "linear/cpu_gemm.h", "paged_attention/cpu_decode.h",
-                                                   "decoder/cpu_decoder.h")),
+    # Every header of the package, so that a new header cannot be left out of the module's hash.
+    depends=tuple(sorted(glob.glob(os.path.join(_HERE, "**", "*.h"), recursive=True))),
 )
