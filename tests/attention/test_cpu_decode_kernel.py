@@ -234,3 +234,17 @@ def test_bad_input_raises(mutate, message):
     with pytest.raises(RuntimeError, match=message):
         cpu.paged_decode(args["q"], args["k"], args["v"], args["tables"], args["seq_lens"], 0.125,
                          window=args["window"], sinks=args["sinks"])
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (16, 2, 128), (10, 2, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_request_gets_the_same_bits_alone_and_in_a_batch(heads, kv_heads, head_dim, dtype):
+    """A step of many requests gives each task all of a request's KV heads, a step of a few one head
+    each (cpu_decode.h, kWholeRequestTasks): each head's arithmetic must not change with that, so a
+    request's output is bitwise the same whatever else is in the step."""
+    lens = [300, 17, 64, 1, 33, 160, 2, 95, 48, 250]
+    q, kv, tables, seq_lens = make(len(lens), heads, kv_heads, head_dim, 16, lens, dtype, seed=11)
+    batch = cpu.paged_decode(q, kv[0], kv[1], tables, seq_lens, 0.125)
+    for r in range(len(lens)):
+        alone = cpu.paged_decode(q[r : r + 1], kv[0], kv[1], tables[r : r + 1], seq_lens[r : r + 1], 0.125)
+        assert torch.equal(batch[r : r + 1], alone), r

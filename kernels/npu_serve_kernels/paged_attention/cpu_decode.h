@@ -1,9 +1,10 @@
 // CPU paged-attention decode: one query per request, reading the paged KV cache in place.
 //
 // Why: the torch path gathers every request's blocks into a padded copy and SDPA copies again
-// after a transpose; decode attention is memory bound, so those copies dominate. Here each
-// (request, kv_head) pair is one task: it reads that head's K rows once (scores for all G query
-// heads that share it), then its V rows once, straight from the cache blocks.
+// after a transpose; decode attention is memory bound, so those copies dominate. Here a task is one
+// request's KV heads (all of them once a step has kWholeRequestTasks requests, else one): it reads
+// their K rows once (scores for all G query heads that share each), then their V rows once,
+// straight from the cache blocks, asking for the next rows ahead of use (prefetch_bytes).
 //
 // Numerics: float accumulation, IEEE semantics (no -ffast-math). Softmax is two-pass over a
 // per-thread score buffer [G, seq_len]: exact max first, then exp/sum, then the weighted V sum.
@@ -32,6 +33,10 @@
 #include <limits>
 #include <numeric>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace npu_serve_decode {
 
@@ -138,7 +143,8 @@ inline float tanh_vec(float x) {
 // With G (query heads per KV head) and head_dim both fixed at compile time, q and the G output
 // accumulators are small local arrays that GCC keeps in vector registers across the token loop,
 // instead of loading and storing them per token. The V pass does the generic loop's operations in
-// the same order; the K pass sums each dot product in a different (fixed) order, see hsum16.
+// the same order (its accumulators wait in memory between blocks when a task has several heads); the
+// K pass sums each dot product in a different (fixed) order, see hsum16.
 // 16 floats as one vector (GCC vector extension): the compiler maps it to one AVX-512 register.
 typedef float v16f __attribute__((vector_size(64)));
 typedef int v16i __attribute__((vector_size(64)));
@@ -147,6 +153,37 @@ inline v16f load16(const float* p) {
   v16f v;
   std::memcpy(&v, p, sizeof v);
   return v;
+}
+
+// 16 cache elements as one float vector, converted in registers. Why not load_row's buffer: GCC
+// converts bf16 in 256-bit halves, stores them to the row buffer and reloads them as one 512-bit
+// vector, which no store can forward to; every row stalled on it, and the bf16 kernel ran 2.5x slower
+// than the fp32 one on the same cache-resident data (1.46 vs 0.58 ms, 32 requests x 320 tokens, one
+// thread).
+typedef uint16_t v16u16 __attribute__((vector_size(32)));
+typedef uint32_t v16u32 __attribute__((vector_size(64)));
+
+inline v16f load16_cvt(const float* p) { return load16(p); }
+
+inline v16f load16_cvt(const at::BFloat16* p) {
+#if defined(__AVX512F__)
+  // One widening load and a shift (GCC's generic form below takes two 256-bit halves and a merge).
+  const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+  return reinterpret_cast<v16f>(_mm512_castsi512_ps(bits));
+#else
+  v16u16 h;
+  std::memcpy(&h, p, sizeof h);
+  const v16u32 bits = __builtin_convertvector(h, v16u32) << 16;  // bf16 is fp32's high half: exact
+  v16f f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+#endif
+}
+
+inline v16f load16_cvt(const at::Half* p) {
+  v16f f;
+  for (int i = 0; i < 16; ++i) f[i] = static_cast<float>(p[i]);
+  return f;
 }
 
 // Horizontal sums of 16 vectors at once, as a tree of shuffle+add: the result's lane j is the sum
@@ -171,71 +208,104 @@ inline v16f hsum16(v16f acc[16]) {
   return __builtin_shuffle(u[0], u[1], l4a) + __builtin_shuffle(u[0], u[1], l4b);
 }
 
-// Keys `first .. L-1` of one request (the window; first = 0 without one). scores[g * (L - first) + i]
-// gets the score of key first + i for query head g.
+// Asks for `bytes` from p on to be brought into cache while the current rows are computed. Why: blocks
+// are scattered over the cache, so the hardware prefetchers see no stream at a block's end and each
+// first row of a block waited for memory (the bf16 loads were a third of the K pass's samples in perf,
+// 32 requests x 320 tokens). The passes ask for the next group's row j while computing row j, which
+// spreads the requests over the group instead of a burst the fill buffers cannot hold.
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+
+// One task's heads: nh consecutive KV heads of one request (kbase points at the first), keys `first ..
+// L-1` (the window; first = 0 without one). scores[(h * GC + g) * (L - first) + i] gets the score of
+// key first + i for query head g of the task's KV head h. Why several heads per task: a token's heads
+// lie side by side in the cache (SmolLM2: 3 x 128 bytes), so a task that takes all of them reads each
+// block as one contiguous run, which memory streams; one head per task read 128 bytes of every 384,
+// at a third of the bandwidth (5 GB/s against 20 for a plain read on this box, 32 requests x 320
+// tokens x 30 layers). Each head's arithmetic is the same either way, in the same order.
 template <typename scalar_t, int GC, int DC>
-inline void k_pass_fixed(const scalar_t* kbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
-                  int64_t block_size, int64_t first, int64_t L, const float* qf, float fscale, float* scores) {
+inline void k_pass_fixed(const scalar_t* kbase, int64_t nh, const int32_t* table, int64_t block_stride,
+                         int64_t token_stride, int64_t block_size, int64_t first, int64_t L, const float* qf,
+                         float fscale, float* scores) {
   static_assert(DC % 16 == 0, "the vector K pass needs head_dim in whole 16-float vectors");
   constexpr int C = DC / 16;
   const int64_t nk = L - first;
-  v16f q[GC][C];
-  for (int g = 0; g < GC; ++g)
-    for (int c = 0; c < C; ++c) q[g][c] = load16(qf + g * DC + c * 16);
-  float row[DC];
+  const int64_t row_bytes = nh * DC * static_cast<int64_t>(sizeof(scalar_t));
   v16f acc[GC][16];
   // Tokens in groups of 16 that never straddle a block (block sizes are multiples of 16 or < 16).
   for (int64_t t0 = first; t0 < L;) {
     const scalar_t* base = kbase + table[t0 / block_size] * block_stride + (t0 % block_size) * token_stride;
-    const int64_t in_block = block_size - t0 % block_size;
-    const int64_t n = std::min<int64_t>({16, in_block, L - t0});
-    for (int64_t j = 0; j < 16; ++j) {
-      if (j < n) {
-        const float* k = load_row(base + j * token_stride, row, DC);
-        v16f kv[C];
-        for (int c = 0; c < C; ++c) kv[c] = load16(k + c * 16);
-        for (int g = 0; g < GC; ++g) {
-          v16f a = q[g][0] * kv[0];
-          for (int c = 1; c < C; ++c) a += q[g][c] * kv[c];
-          acc[g][j] = a;
+    const int64_t n = std::min<int64_t>({16, block_size - t0 % block_size, L - t0});
+    const int64_t t1 = t0 + n;
+    const int64_t n1 = t1 < L ? std::min<int64_t>({16, block_size - t1 % block_size, L - t1}) : 0;
+    const scalar_t* next = n1 ? kbase + table[t1 / block_size] * block_stride + (t1 % block_size) * token_stride : base;
+    for (int64_t h = 0; h < nh; ++h) {
+      v16f q[GC][C];
+      for (int g = 0; g < GC; ++g)
+        for (int c = 0; c < C; ++c) q[g][c] = load16(qf + (h * GC + g) * DC + c * 16);
+      for (int64_t j = 0; j < 16; ++j) {
+        if (h == 0 && j < n1) prefetch_bytes(next + j * token_stride, row_bytes);
+        if (j < n) {
+          v16f kv[C];
+          for (int c = 0; c < C; ++c) kv[c] = load16_cvt(base + j * token_stride + h * DC + c * 16);
+          for (int g = 0; g < GC; ++g) {
+            v16f a = q[g][0] * kv[0];
+            for (int c = 1; c < C; ++c) a += q[g][c] * kv[c];
+            acc[g][j] = a;
+          }
+        } else {
+          for (int g = 0; g < GC; ++g) acc[g][j] = v16f{};
         }
-      } else {
-        for (int g = 0; g < GC; ++g) acc[g][j] = v16f{};
+      }
+      for (int g = 0; g < GC; ++g) {
+        const v16f sums = hsum16(acc[g]) * fscale;
+        float out[16];
+        std::memcpy(out, &sums, sizeof out);
+        for (int64_t j = 0; j < n; ++j) scores[(h * GC + g) * nk + t0 - first + j] = out[j];
       }
     }
-    for (int g = 0; g < GC; ++g) {
-      const v16f sums = hsum16(acc[g]) * fscale;
-      float out[16];
-      std::memcpy(out, &sums, sizeof out);
-      for (int64_t j = 0; j < n; ++j) scores[g * nk + t0 - first + j] = out[j];
-    }
-    t0 += n;
+    t0 = t1;
   }
 }
 
+// The V pass of the same nh heads: acc_out[(h * GC + g) * DC ..] = sum over keys of p * v, the keys in
+// order, each head's GC accumulators in registers through a block (kept in acc_out between blocks).
 template <typename scalar_t, int GC, int DC>
-inline void v_pass_fixed(const scalar_t* vbase, const int32_t* table, int64_t block_stride, int64_t token_stride,
-                  int64_t block_size, int64_t first, int64_t L, const float* scores, float* acc_out) {
+inline void v_pass_fixed(const scalar_t* vbase, int64_t nh, const int32_t* table, int64_t block_stride,
+                         int64_t token_stride, int64_t block_size, int64_t first, int64_t L, const float* scores,
+                         float* acc_out) {
+  static_assert(DC % 16 == 0, "the vector V pass needs head_dim in whole 16-float vectors");
+  constexpr int C = DC / 16;
   const int64_t nk = L - first;
-  float acc[GC][DC];
-  for (int g = 0; g < GC; ++g)
-    for (int i = 0; i < DC; ++i) acc[g][i] = 0.f;
-  float row[DC];
+  const int64_t row_bytes = nh * DC * static_cast<int64_t>(sizeof(scalar_t));
+  std::fill(acc_out, acc_out + nh * GC * DC, 0.f);
   // Block by block; only the window's first block may start mid-block.
   for (int64_t t0 = first, off = first % block_size; t0 < L; off = 0) {
     const scalar_t* base = vbase + table[t0 / block_size] * block_stride + off * token_stride;
     const int64_t n = std::min(block_size - off, L - t0);
-    for (int64_t j = 0; j < n; ++j) {
-      const float* v = load_row(base + j * token_stride, row, DC);
-      for (int g = 0; g < GC; ++g) {
-        const float p = scores[g * nk + t0 - first + j];
-        for (int i = 0; i < DC; ++i) acc[g][i] += p * v[i];
+    const int64_t t1 = t0 + n;
+    const int64_t n1 = t1 < L ? std::min(block_size, L - t1) : 0;
+    const scalar_t* next = n1 ? vbase + table[t1 / block_size] * block_stride : base;
+    for (int64_t h = 0; h < nh; ++h) {
+      v16f acc[GC][C];
+      for (int g = 0; g < GC; ++g)
+        for (int c = 0; c < C; ++c) acc[g][c] = load16(acc_out + (h * GC + g) * DC + c * 16);
+      for (int64_t j = 0; j < n; ++j) {
+        if (h == 0 && j < n1) prefetch_bytes(next + j * token_stride, row_bytes);
+        v16f v[C];
+        for (int c = 0; c < C; ++c) v[c] = load16_cvt(base + j * token_stride + h * DC + c * 16);
+        for (int g = 0; g < GC; ++g) {
+          const float p = scores[(h * GC + g) * nk + t0 - first + j];
+          for (int c = 0; c < C; ++c) acc[g][c] += p * v[c];
+        }
       }
+      for (int g = 0; g < GC; ++g)
+        for (int c = 0; c < C; ++c) std::memcpy(acc_out + (h * GC + g) * DC + c * 16, &acc[g][c], sizeof(v16f));
     }
-    t0 += n;
+    t0 = t1;
   }
-  for (int g = 0; g < GC; ++g)
-    for (int i = 0; i < DC; ++i) acc_out[g * DC + i] = acc[g][i];
 }
 
 // What a layer asks beyond plain causal attention (all off: window 0, softcap 0, no sinks).
@@ -255,6 +325,10 @@ inline float softmax_numerators(float* s, int64_t n, const float* sink) {
   if (sink != nullptr) sum += exp_nonpos(*sink - m);
   return 1.f / sum;
 }
+
+// From this many requests in a step on, a task takes all of a request's KV heads (k_pass_fixed says
+// why); below it, one head, so that a few requests still make tasks for every thread.
+inline constexpr int64_t kWholeRequestTasks = 8;
 
 // One thread's buffers: scores [G, keys], the G queries as floats, G accumulators, a converted row.
 struct Scratch {
@@ -303,7 +377,13 @@ inline void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return keys[a] > keys[b]; });
 
-  const int64_t tasks = nd * Hkv;
+  // A task is one request's `nh` KV heads: all of them (one contiguous run per block, see k_pass_fixed)
+  // once there are requests enough to keep every thread busy, else one head, so that a step of a few
+  // requests still spreads over the threads. The generic loops take one head per task.
+  constexpr bool kFixed = GC > 0 && DC > 0;
+  const int64_t nh = kFixed && nd >= kWholeRequestTasks ? Hkv : 1;
+  const int64_t per_request = Hkv / nh;
+  const int64_t tasks = nd * per_request;
   const int64_t token_stride = Hkv * D;  // between consecutive tokens of one head
   const int64_t block_stride = block_size * token_stride;
   const int64_t v_token_stride = Hkv * DV;
@@ -313,29 +393,28 @@ inline void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at
   // thread keeps its scratch buffers between calls.
   auto one_task = [&](int64_t task) {
     thread_local Scratch scratch;
-    scratch.size(G * std::max<int64_t>(max_keys, 1), G * D, G * DV, std::max(D, DV), G);
+    const int64_t NG = nh * G;  // query heads of the task
+    scratch.size(NG * std::max<int64_t>(max_keys, 1), NG * D, NG * DV, std::max(D, DV), NG);
     std::vector<float>& scores = scratch.scores;
     std::vector<float>& qf = scratch.qf;
     std::vector<float>& acc = scratch.acc;
     std::vector<float>& row = scratch.row;
     std::vector<float>& inv_sum = scratch.inv_sum;
     {
-      const int64_t r = order[task / Hkv], h = task % Hkv;
+      const int64_t r = order[task / per_request], h = (task % per_request) * nh;
       const int64_t L = lens[r], t_first = first[r], nk = keys[r];
       const int32_t* table = tables + r * max_blocks;
-      scalar_t* o = op + (r * H + h * G) * DV;
+      scalar_t* o = op + (r * H + h * G) * DV;  // the task's heads are consecutive in out, as in q
       if (L <= 0) {  // nothing to attend to: zeros rather than NaN
-        for (int64_t i = 0; i < G * DV; ++i) o[i] = static_cast<scalar_t>(0.f);
+        for (int64_t i = 0; i < NG * DV; ++i) o[i] = static_cast<scalar_t>(0.f);
         return;
       }
-      for (int64_t g = 0; g < G; ++g) {
-        const scalar_t* src = qp + (r * H + h * G + g) * D;
-        for (int64_t i = 0; i < D; ++i) qf[g * D + i] = static_cast<float>(src[i]);
-      }
+      const scalar_t* src = qp + (r * H + h * G) * D;
+      for (int64_t i = 0; i < NG * D; ++i) qf[i] = static_cast<float>(src[i]);
 
       // Pass 1: scores[g, t] = scale * q_g . k_t, one read of each K row for all G heads.
-      if constexpr (GC > 0 && DC > 0) {
-        k_pass_fixed<scalar_t, GC, DC>(kp + h * D, table, block_stride, token_stride, block_size, t_first, L,
+      if constexpr (kFixed) {
+        k_pass_fixed<scalar_t, GC, DC>(kp + h * D, nh, table, block_stride, token_stride, block_size, t_first, L,
                                        qf.data(), fscale, scores.data());
       } else
       for (int64_t t0 = t_first, off = t_first % block_size; t0 < L; off = 0) {
@@ -349,17 +428,17 @@ inline void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at
       }
       if (f.softcap > 0.f) {
         const float cap = f.softcap;
-        for (int64_t i = 0; i < G * nk; ++i) scores[i] = cap * tanh_vec(scores[i] / cap);
+        for (int64_t i = 0; i < NG * nk; ++i) scores[i] = cap * tanh_vec(scores[i] / cap);
       }
 
-      // Softmax numerators in place, per head.
-      for (int64_t g = 0; g < G; ++g)
+      // Softmax numerators in place, per query head.
+      for (int64_t g = 0; g < NG; ++g)
         inv_sum[g] = softmax_numerators(scores.data() + g * nk, nk, f.sinks ? f.sinks + h * G + g : nullptr);
 
       // Pass 2: acc[g] = sum_t p[g, t] * v_t, one read of each V row.
-      if constexpr (GC > 0 && DC > 0) {
-        v_pass_fixed<scalar_t, GC, DC>(vp + h * DV, table, v_block_stride, v_token_stride, block_size, t_first, L,
-                                       scores.data(), acc.data());
+      if constexpr (kFixed) {
+        v_pass_fixed<scalar_t, GC, DC>(vp + h * DV, nh, table, v_block_stride, v_token_stride, block_size, t_first,
+                                       L, scores.data(), acc.data());
       } else {
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t t0 = t_first, off = t_first % block_size; t0 < L; off = 0) {
@@ -376,7 +455,7 @@ inline void decode_impl(const at::Tensor& q, const at::Tensor& k_cache, const at
         t0 += n;
       }
       }
-      for (int64_t g = 0; g < G; ++g)
+      for (int64_t g = 0; g < NG; ++g)
         for (int64_t i = 0; i < DV; ++i) o[g * DV + i] = static_cast<scalar_t>(acc[g * DV + i] * inv_sum[g]);
     }
   };
