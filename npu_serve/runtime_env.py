@@ -11,6 +11,15 @@ any guard of ours, even for `--device cpu`. `TORCH_DEVICE_BACKEND_AUTOLOAD=0` (u
 turns that off; npu_serve.device.npu imports torch_npu itself when the NPU is asked for (vllm-ascend's
 unit tests run with the same setting).
 
+glibc's malloc hands every block over 128 KiB (its mmap threshold, which adapts only up to the largest
+block freed so far) to mmap and returns it on free, so each activation of a prefill step ([2048 tokens,
+1536] is 6 MiB in bf16) and each step's logits ([32, 49152] floats, 6 MiB) came back as fresh pages to be
+faulted in and zeroed by the kernel: ~12% of a 2048-token prefill step's time in perf (exc_page_fault,
+clear_page). `tune_malloc` keeps blocks up to 32 MiB in the heap and the heap from being trimmed below
+512 MiB, so freed activations are reused (prefill 7-10% faster, 32 prompts of ~250 tokens);
+`NPU_SERVE_MALLOC_TUNING=0` or the user's own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ leave
+glibc's defaults alone.
+
 This module must not import torch. `npu_serve/__init__.py` calls `apply()` first thing; the CLI
 calls it again with its flags before anything imports torch.
 """
@@ -38,6 +47,7 @@ def apply(threads: int | None = None, wait_policy: str | None = None) -> None:
     # Never let transformers try to reach a model hub: models come from local paths only.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    tune_malloc()
     if "torch" in sys.modules and (wait_policy is not None or threads is not None):
         import torch  # already loaded: only the thread count can still change
 
@@ -48,3 +58,32 @@ def apply(threads: int | None = None, wait_policy: str | None = None) -> None:
 def _int_env(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else None
+
+
+# mallopt's parameter numbers (glibc's malloc.h) and the values tune_malloc sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for it on 64-bit
+TRIM_THRESHOLD = 512 << 20
+_malloc_tuned = False
+
+
+def tune_malloc() -> bool:
+    """Keep big freed blocks in glibc's heap for reuse (module docstring: why). True when set now or
+    before; False where it does not apply (not glibc, opted out, the user's own MALLOC_* settings)."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if os.environ.get("NPU_SERVE_MALLOC_TUNING", "1") == "0" or sys.platform != "linux":
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other libcs have no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _malloc_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return _malloc_tuned
