@@ -26,6 +26,7 @@
 #include <torch/extension.h>
 
 #include "../cpu_pool.h"
+#include "../cpu_simd.h"
 
 #include <cmath>
 #include <cstdint>
@@ -63,8 +64,7 @@ struct Lanes<float> {
 template <>
 struct Lanes<at::BFloat16> {
   static __m512 load(const at::BFloat16* p, __mmask16 m) {
-    const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+    return npu_serve_simd::widen_bf16(_mm256_maskz_loadu_epi16(m, p));
   }
   static __m256i bits(__m512 v) {
     const __m512i u = _mm512_castps_si512(v);
@@ -75,7 +75,7 @@ struct Lanes<at::BFloat16> {
   }
   static void store(at::BFloat16* p, __mmask16 m, __m512 v) { _mm256_mask_storeu_epi16(p, m, bits(v)); }
   static __m512 round(__m512 v) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits(v)), 16));
+    return npu_serve_simd::widen_bf16(bits(v));
   }
 };
 

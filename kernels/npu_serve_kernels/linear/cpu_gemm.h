@@ -30,6 +30,7 @@
 #include <torch/extension.h>
 
 #include "../cpu_pool.h"
+#include "../cpu_simd.h"
 #include "cpu_amx.h"
 
 #include <algorithm>
@@ -115,8 +116,7 @@ inline void store_tile(const __m512* acc, const at::BFloat16* bias, int64_t cols
     const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
     __m512 b = _mm512_setzero_ps();
     if (bias != nullptr) {
-      const __m256i raw = _mm256_maskz_loadu_epi16(mask, bias + v * kLanes);
-      b = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+      b = npu_serve_simd::widen_bf16(_mm256_maskz_loadu_epi16(mask, bias + v * kLanes));
     }
     for (int m = 0; m < MR; ++m) {
       const __m512 r = bias != nullptr ? _mm512_add_ps(acc[m * NV + v], b) : acc[m * NV + v];
@@ -374,9 +374,8 @@ inline torch::Tensor linear_with(Variant variant, const torch::Tensor& x, const 
     const uint16_t* row = task.x + m * task.ldx;
     float* out = xf.data() + m * pairs * 2;
     int64_t k = 0;
-    for (; k + 16 <= K; k += 16)  // bf16 -> fp32 is a 16-bit shift
-      _mm512_storeu_ps(out + k, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                    _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k))), 16)));
+    for (; k + 16 <= K; k += 16)
+      _mm512_storeu_ps(out + k, npu_serve_simd::widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k))));
     for (; k < K; ++k) out[k] = static_cast<float>(c10::bit_cast<at::BFloat16>(row[k]));
   }
   task.xf = xf.data();

@@ -34,9 +34,7 @@
 #include <numeric>
 #include <vector>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
+#include "../cpu_simd.h"
 
 namespace npu_serve_decode {
 
@@ -168,8 +166,7 @@ inline v16f load16_cvt(const float* p) { return load16(p); }
 inline v16f load16_cvt(const at::BFloat16* p) {
 #if defined(__AVX512F__)
   // One widening load and a shift (GCC's generic form below takes two 256-bit halves and a merge).
-  const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
-  return reinterpret_cast<v16f>(_mm512_castsi512_ps(bits));
+  return reinterpret_cast<v16f>(npu_serve_simd::widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 #else
   v16u16 h;
   std::memcpy(&h, p, sizeof h);
