@@ -133,10 +133,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = build_app(engine_factory, config, on_fatal=on_fatal)
     server = DrainingServer(uvicorn_config(args, app), app.state.server.drain)
+    from npu_serve.server import log_queue
+
+    log_queue.move_off_loop()  # after uvicorn set up its loggers: the event loop only queues records
     scheme = "https" if args.ssl_certfile else "http"
     print(f"npu-serve: listening on {scheme}://{args.host}:{args.port} (GET /health turns 200 once the model is "
           "ready)", flush=True)
     server.run()
+    log_queue.flush()  # the log lines before the closing message below
     if fatal:
         print(f"npu-serve: {fatal[0]}", file=sys.stderr)
         return 1
