@@ -3,12 +3,19 @@
 Full control where ordinary clients decide for you: Content-Length or chunked request bodies, small
 reads with pauses (a slow reader), hanging up at any point (a cut request), and the time to the
 status line (overload tests). One request per connection (`Connection: close`).
+
+`python scripts/rawhttp.py burst PORT N PATH BODY [NAME:VALUE ...]` sends one request N times at once
+(`burst`) and prints the answers as JSON: the overload test runs it as a fresh process, so what it
+measures is the server, not the test runner (whose heap, late in the suite, takes a second to collect).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sys
+import time
 from dataclasses import dataclass
 
 @dataclass
@@ -101,3 +108,38 @@ async def http(host: str, port: int, method: str, path: str, body: bytes | None 
 def sse_payloads(body: bytes) -> list[str]:
     text = body.decode("utf-8")
     return [e[len("data: "):] for e in text.strip("\n").split("\n\n") if e.startswith("data: ")]
+
+
+async def burst(host: str, port: int, n: int, raw: bytes, timeout: float = 300.0) -> list[list]:
+    """n connections opened first, then the request `raw` written on each, back to back. Per request:
+    [status, seconds from its write to its status line, headers, body (text), seconds to the body's end]."""
+    conns = await asyncio.gather(*(open_conn(host, port) for _ in range(n)))
+    sent = []
+    for _, writer in conns:
+        writer.write(raw)
+        sent.append(time.monotonic())
+
+    async def answer(i: int) -> list:
+        reader, writer = conns[i]
+        status, headers = await read_head(reader)
+        head_at = time.monotonic()
+        body = await read_body(reader, headers)
+        writer.close()
+        return [status, head_at - sent[i], headers, body.decode("utf-8", "replace"), time.monotonic() - sent[i]]
+
+    return await asyncio.wait_for(asyncio.gather(*(answer(i) for i in range(n))), timeout)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 5 or argv[0] != "burst":
+        print("usage: rawhttp.py burst PORT N PATH BODY [NAME:VALUE ...]", file=sys.stderr)
+        return 2
+    port, n, path, body = int(argv[1]), int(argv[2]), argv[3], argv[4].encode()
+    headers = dict(h.split(":", 1) for h in argv[5:])
+    raw = request_bytes("POST", path, "127.0.0.1", body, headers)
+    print(json.dumps(asyncio.run(burst("127.0.0.1", port, n, raw))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -9,13 +9,13 @@ from pathlib import Path
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-_RAWHTTP = Path(__file__).resolve().parents[2] / "scripts" / "rawhttp.py"
+RAWHTTP = Path(__file__).resolve().parents[2] / "scripts" / "rawhttp.py"
 
 
 def rawhttp():
     """scripts/rawhttp.py as a module (scripts/ is not a package)."""
     if "npu_serve_rawhttp" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("npu_serve_rawhttp", _RAWHTTP)
+        spec = importlib.util.spec_from_file_location("npu_serve_rawhttp", RAWHTTP)
         module = importlib.util.module_from_spec(spec)
         sys.modules["npu_serve_rawhttp"] = module
         spec.loader.exec_module(module)
