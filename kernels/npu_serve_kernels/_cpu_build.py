@@ -47,13 +47,19 @@ def cpu_tag() -> str:
 
 
 def _ensure_ninja_on_path() -> None:
-    """torch's `load` runs `ninja` from PATH; the pip `ninja` package's binary sits in the venv's
-    bin dir, which is not on PATH when the venv's python is run without activating it."""
-    if shutil.which("ninja"):
-        return
+    """torch's `load` runs `ninja` from PATH. Put the pip `ninja` package's binary (our dependency)
+    first: it sits in the venv's bin dir, which is not on PATH when the venv's python is run without
+    activating it, and a system ninja of another version must not be used in its place. Ninja 1.11
+    (Debian's) and 1.13 (pip's) hash build commands differently in .ninja_log, so processes that
+    alternate between them (an activated shell, then a test runner) each found the other's log
+    stale and rebuilt the kernels, 45-90 s every time on a 2-core box."""
     try:
         import ninja  # type: ignore[import-not-found]
     except ImportError:
+        return
+    ours = os.path.join(ninja.BIN_DIR, "ninja")
+    found = shutil.which("ninja")
+    if not os.path.exists(ours) or (found is not None and os.path.realpath(found) == os.path.realpath(ours)):
         return
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
