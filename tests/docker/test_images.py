@@ -97,6 +97,9 @@ def test_image_command_serves_a_model_mounted_like_modelarts(tmp_path, tiny_llam
     # mounted cache volume would be. The torch attention backend spares this test the CPU kernel's
     # compile (minutes on a busy 2-core box; tests/attention covers the kernel, the image compiles it).
     env["NPU_SERVE_CACHE"] = os.environ.get("NPU_SERVE_CACHE") or str(Path("~/.cache/npu-serve").expanduser())
+    # So are the other caches, torch's compiled extensions among them: under the fresh HOME the linear
+    # kernel would be compiled again (~50 s of this test on the 2-core box; the image builds it once).
+    env["XDG_CACHE_HOME"] = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
     env["NPU_SERVE_ATTENTION_BACKEND"] = "torch"
     log = tmp_path / "serve.log"
     for _ in range(3):  # another process on this shared box may take the port between check and bind
