@@ -13,6 +13,10 @@ passes (the original handlers, the record) to a daemon thread; the thread runs t
 logger would have (each handler's own level still applies). `flush()` waits until everything queued
 so far is written; it runs at exit, so the last lines (a fatal error, the drain's summary) are not lost.
 
+Not the standard library's QueueHandler/QueueListener: QueueHandler.prepare() formats each record on
+the caller's thread (the cost we move), and one QueueListener serves one fixed set of handlers, where
+each logger here keeps its own.
+
 A record's message is formatted later, on the thread: its arguments must not change after the call.
 uvicorn's access records carry strings and an int; ours log strings and numbers.
 """
