@@ -61,7 +61,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("v_head_dim"))
       .def("attention_in", &DecoderLayer::attention_in, py::call_guard<py::gil_scoped_release>())
       .def("attention_out_mlp", &DecoderLayer::attention_out_mlp, py::call_guard<py::gil_scoped_release>())
-      .def("decode_layer", &DecoderLayer::decode_layer, py::call_guard<py::gil_scoped_release>());
+      .def("decode_layer", &DecoderLayer::decode_layer, py::call_guard<py::gil_scoped_release>())
+      .def("step_layer", &DecoderLayer::step_layer, py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm, op for op", py::arg("x"), py::arg("weight"),
         py::arg("eps"), py::call_guard<py::gil_scoped_release>());
 }

@@ -5,7 +5,9 @@ transformers forward makes ~45 torch calls and ~13 module calls per layer, and t
 the arithmetic they launch (cpu_decoder.h has the figures). For the families whose decoder layer is
 transformers' Llama layer (Llama, Mistral, Qwen2; Qwen3 adds per-head q/k norms), each layer here is
 two C++ calls around our attention backend: `attention_in` (norm, q/k/v, RoPE) and
-`attention_out_mlp` (o_proj, residual, norm, SwiGLU, residual). They call the same ATen ops on tensors
+`attention_out_mlp` (o_proj, residual, norm, SwiGLU, residual); on the CPU attention backend the whole
+layer, attention included, is one call (`decode_layer` for decodes only, `step_layer` for steps with
+prompt tokens where no layer has a window, softcap or sinks). They call the same ATen ops on tensors
 of the same shapes as transformers does, and the linears that `cpu_linear` sent to the linear kernel go
 to the same kernel, so the hidden states are bit-identical.
 
@@ -88,6 +90,10 @@ class FastDecoder:
         self._lm_head = linear(model.lm_head)
         # What the CPU backend passes its decode kernel for each layer (attention/cpu.py).
         self._decode_args = [(layer.scale, layer.sliding_window or 0, layer.logit_softcap or 0.0) for layer in layers]
+        # Whether every layer's attention is the plain causal one that DecoderLayer.step_layer runs for
+        # steps with prompt tokens (no window, softcap or sinks); else those steps take the backend's.
+        self._plain = all(layer.sliding_window is None and layer.logit_softcap is None and not layer.has_sinks
+                          for layer in layers)
 
         self._layers = []
         for layer in base.layers[: config.num_hidden_layers]:
@@ -110,12 +116,20 @@ class FastDecoder:
         h = self._embed(input_ids)
         cos, sin = self._rotary(h, position_ids=positions)
         backend, meta, caches, facts = ctx.backend, ctx.meta, ctx.kv_caches, ctx.layers
-        if meta.num_decodes == meta.num_reqs and _runs_cpu_decode_kernel(backend):
-            # Decodes only: each layer is one C++ call, the CPU backend's attention included.
+        if _runs_cpu_decode_kernel(backend):
             slots, tables, lens = meta.slot_mapping, meta.block_tables, meta.seq_lens
-            for layer, (key_cache, value_cache), args in zip(self._layers, caches, self._decode_args):
-                h = layer.decode_layer(h, cos, sin, key_cache, value_cache, slots, tables, lens, *args)
-            return self._rms_norm(h, self._norm_weight, self._norm_eps)
+            if meta.num_decodes == meta.num_reqs:
+                # Decodes only: each layer is one C++ call, the CPU backend's attention included.
+                for layer, (key_cache, value_cache), args in zip(self._layers, caches, self._decode_args):
+                    h = layer.decode_layer(h, cos, sin, key_cache, value_cache, slots, tables, lens, *args)
+                return self._rms_norm(h, self._norm_weight, self._norm_eps)
+            if self._plain:
+                # Prompt tokens in the step: still one C++ call a layer (DecoderLayer.step_layer).
+                nd, qsl, lens_cpu = meta.num_decodes, meta.query_start_loc_cpu, meta.seq_lens_cpu
+                for layer, (key_cache, value_cache), args in zip(self._layers, caches, self._decode_args):
+                    h = layer.step_layer(h, cos, sin, key_cache, value_cache, slots, tables, lens, nd, qsl,
+                                         lens_cpu, args[0])
+                return self._rms_norm(h, self._norm_weight, self._norm_eps)
         for i, layer in enumerate(self._layers):
             q, k, v = layer.attention_in(h, cos, sin)
             attn = backend.forward(q, k, v, caches[i], meta, facts[i])
