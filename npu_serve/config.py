@@ -45,7 +45,8 @@ class EngineConfig:
     max_model_len: int | None = option(None, "longest prompt + completion, in tokens (default: the model's, "
                                        "lowered to what the KV cache holds)")
     max_num_seqs: int = option(128, "most sequences in one step")
-    max_num_batched_tokens: int = option(2048, "token budget of one step (longer prompts are chunked)")
+    max_num_batched_tokens: int | None = option(None, "token budget of one step (longer prompts are chunked; "
+                                                "default: 512 on CPU, 2048 on accelerators)")
     block_size: int | None = option(None, "KV cache block size in tokens (default: 128 on npu, 16 elsewhere)")
     num_kv_blocks: int | None = option(None, "KV cache blocks (default: sized from free memory)")
     enable_prefix_caching: bool = option(True, "turn off prefix caching (reuse of KV blocks of shared prompt prefixes)",

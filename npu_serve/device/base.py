@@ -19,6 +19,8 @@ class Platform(ABC):
     attention_backend: ClassVar[str]  # name of the attention backend that suits this device
     # KV cache block size. 16 keeps padding waste small; npu overrides it (see npu.py).
     default_block_size: ClassVar[int] = 16
+    # The step's token budget when the user gives none (EngineConfig.max_num_batched_tokens).
+    default_max_num_batched_tokens: ClassVar[int] = 2048
     # Accelerators size the KV cache from a profiling forward (worker/memory_profile.py); the CPU takes a
     # share of free RAM instead.
     profiles_memory: ClassVar[bool] = True

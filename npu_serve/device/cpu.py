@@ -23,6 +23,12 @@ class CpuPlatform(Platform):
     name = "cpu"
     attention_backend = "cpu"
     default_block_size = 16
+    # Prompt chunks of at most ~512 tokens a step: a CPU prefills ~0.6 ms a token (SmolLM2, 2 cores), so
+    # a 2048-token step stalls every running decode for ~1.4 s and gives a burst of prompts one shared,
+    # late first token. With 512, measured in the server at c=32 (docs/speed-issue12.md, eighth round):
+    # TTFT p50 3.3-3.4 s -> 1.1-1.4 s, ITL p99 1.0-1.2 s -> 0.46-0.49 s, output tok/s unchanged
+    # (274-275 vs 265-292); at c=8 TTFT p50 1.3-1.5 s -> 0.7-0.9 s.
+    default_max_num_batched_tokens = 512
     profiles_memory = False
 
     @classmethod

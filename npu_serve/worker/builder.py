@@ -45,6 +45,7 @@ class RankBuild:
     dtype: torch.dtype
     num_blocks: int
     block_size: int
+    max_num_batched_tokens: int
 
 
 def _available_ram() -> int:
@@ -85,6 +86,7 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, sha
     torch.manual_seed(config.seed)
     resolved = resolve_model(config.model)
     block_size = config.block_size or platform.default_block_size
+    max_num_batched_tokens = config.max_num_batched_tokens or platform.default_max_num_batched_tokens
     try:
         backend = get_backend(default_attention_backend(platform.attention_backend, config))
     except ValueError as e:  # an unknown name from NPU_SERVE_ATTENTION_BACKEND
@@ -101,14 +103,14 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, sha
     spec = KVCacheSpec.from_layers(layers, dtype, block_size)  # the real K and V sizes of this rank's layers
     profile = None
     if platform.profiles_memory and config.num_kv_blocks is None:
-        profile = profile_forward(loaded.model, platform, spec, backend, layers, config.max_num_batched_tokens,
+        profile = profile_forward(loaded.model, platform, spec, backend, layers, max_num_batched_tokens,
                                   config.max_num_seqs)
     num_blocks = _num_blocks(config, spec, profile)
     if group is not None:
         num_blocks = group.all_min(num_blocks)
     fast = platform.fast_decoder(loaded.model, layers, config) if heads is None else None
     runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers, fast)
-    return RankBuild(runner, loaded, platform, dtype, num_blocks, block_size)
+    return RankBuild(runner, loaded, platform, dtype, num_blocks, block_size, max_num_batched_tokens)
 
 
 def max_model_len(config: EngineConfig, loaded: LoadedModel, num_blocks: int, block_size: int) -> int:
@@ -133,7 +135,7 @@ def make_engine_core(config: EngineConfig, built: RankBuild, executor: Executor)
     max_len = max_model_len(config, loaded, built.num_blocks, built.block_size)
     sched = SchedulerConfig(
         max_num_seqs=config.max_num_seqs,
-        max_num_batched_tokens=config.max_num_batched_tokens,
+        max_num_batched_tokens=built.max_num_batched_tokens,
         max_model_len=max_len,
         block_size=built.block_size,
         num_blocks=built.num_blocks,

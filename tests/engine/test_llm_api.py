@@ -168,3 +168,18 @@ def test_generate_raises_when_every_request_fails_and_reports_partial_failures(l
         llm.engine.executor = real
     assert outs[0].error is None and len(outs[0].outputs[0].token_ids) == 1
     assert outs[1].outputs[0].finish_reason == "error" and "injected device fault" in outs[1].error
+
+
+def test_step_budget_defaults_to_the_platforms_and_a_given_one_is_kept(llm, tiny_llama_dir):
+    """No --max-num-batched-tokens: the CPU's 512 (device/cpu.py says why); a given budget wins, and the
+    scheduler chunks a prompt longer than it over several steps."""
+    assert llm.engine.scheduler.config.max_num_batched_tokens == 512
+    small = LLM(tiny_llama_dir, device="cpu", dtype="float32", num_kv_blocks=64, max_num_batched_tokens=24)
+    assert small.engine.scheduler.config.max_num_batched_tokens == 24
+    core = small.engine
+    core.add(core.make_parent("long", list(range(5, 65)), SamplingParams(temperature=0.0, max_tokens=1)))
+    steps = 0
+    while core.has_unfinished:
+        core.step()
+        steps += 1
+    assert steps == 3  # 60 prompt tokens in chunks of 24, 24 and 12
