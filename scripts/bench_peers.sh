@@ -195,8 +195,13 @@ start_vllm() {
 }
 
 start_llamacpp() {
+    # On CPUs with AMX, ggml puts the weights in its AMX buffer type, and that build's llama-server dies
+    # at its first forward (SIGSEGV in ggml_backend_amx_mul_mat, gdb, 2026-12-03, a 2-core Xeon VM with
+    # AMX). --no-repack turns the extra buffer types off there, so it runs its AVX512 kernels.
+    local extra=()
+    grep -qw amx_int8 /proc/cpuinfo && extra=(--no-repack)
     "$(llama_server_bin)" -m "$GGUF" --host 127.0.0.1 --port "$PORT" --alias "$MODEL_NAME" \
-        --parallel 32 --ctx-size $((32 * 512)) --threads "$NPROC" --jinja > "$1" 2>&1 &
+        --parallel 32 --ctx-size $((32 * 512)) --threads "$NPROC" --jinja "${extra[@]}" > "$1" 2>&1 &
     SERVER_PID=$!
 }
 
