@@ -5,6 +5,7 @@
 #include "decoder/cpu_decoder.h"
 #include "linear/cpu_gemm.h"
 #include "paged_attention/cpu_decode.h"
+#include "sampling/cpu_argmax.h"
 
 namespace py = pybind11;
 using npu_serve_decoder::DecoderLayer;
@@ -43,6 +44,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Paged attention decode over the KV cache, read in place (CPU)", py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("block_tables"), py::arg("seq_lens"), py::arg("scale"), py::arg("window") = 0,
         py::arg("softcap") = 0.0, py::arg("sinks") = py::none(), py::call_guard<py::gil_scoped_release>());
+
+  // sampling/cpu_argmax.h.
+  m.def("argmax_rows", &npu_serve_sampling::argmax_rows,
+        "torch.argmax(logits, -1) for float32 [N, V] CPU logits with contiguous rows", py::arg("logits"),
+        py::call_guard<py::gil_scoped_release>());
 
   // decoder/cpu_decoder.h.
   // The GIL is released around every call: the server's event loop runs while the engine computes.

@@ -77,6 +77,12 @@ class Platform(ABC):
         against transformers' forward before using it."""
         return None
 
+    def greedy_argmax(self):
+        """The sampler's `logits.argmax(dim=-1)` for greedy rows on this device: a callable on fp32
+        [N, V] logits giving int64 [N] with torch's rule (first maximum, NaN the largest), or None
+        for torch's own."""
+        return None
+
     def reset_peak_memory_stats(self) -> None:
         """Start a new peak for `peak_memory_allocated` (memory profiling)."""
 

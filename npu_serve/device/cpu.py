@@ -75,6 +75,13 @@ class CpuPlatform(Platform):
 
         return fast_decoder.build(model, layers)
 
+    def greedy_argmax(self):
+        """Our C++ argmax (kernels/npu_serve_kernels/sampling): torch's compares one element at a
+        time, ~2.3 ms a step at 32 rows of a 49k vocabulary. None where the extension cannot build."""
+        from npu_serve_kernels.sampling import cpu as kernel
+
+        return kernel.argmax if kernel.available() else None
+
     def describe(self) -> str:
         return f"cpu ({torch.get_num_threads()} threads)"
 

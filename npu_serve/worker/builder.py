@@ -109,7 +109,8 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, sha
     if group is not None:
         num_blocks = group.all_min(num_blocks)
     fast = platform.fast_decoder(loaded.model, layers, config) if heads is None else None
-    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers, fast)
+    runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers, fast,
+                         platform.greedy_argmax())
     return RankBuild(runner, loaded, platform, dtype, num_blocks, block_size, max_num_batched_tokens)
 
 

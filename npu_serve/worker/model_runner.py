@@ -34,18 +34,20 @@ logger = logging.getLogger(__name__)
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, device: torch.device, spec: KVCacheSpec, num_blocks: int,
-                 backend: AttentionBackend, layers: list[AttentionLayer], fast: FastDecoder | None = None):
+                 backend: AttentionBackend, layers: list[AttentionLayer], fast: FastDecoder | None = None,
+                 argmax=None):
         """`layers` are the facts `hf_bridge.install(model, backend)` returned; the constructor runs the
         dry forward that checks them against what transformers really passes (UnsupportedModel).
         `fast`: the platform's own forward of the decoder stack (worker/fast_decoder.py), used only if
-        the dry run finds it bit-identical to transformers' forward."""
+        the dry run finds it bit-identical to transformers' forward. `argmax`: the platform's greedy
+        argmax for the sampler (Platform.greedy_argmax; None: torch's)."""
         self.model = model
         self.device = device
         self.spec = spec
         self.block_size = spec.block_size
         self.backend = backend
         self.layers = layers
-        self.sampler = Sampler()
+        self.sampler = Sampler(argmax)
         self.kv_caches = allocate_kv_caches(spec, num_blocks, device)
         self._generators: dict[str, torch.Generator] = {}
         self._ranked_params: dict[str, SamplingParams] = {}  # best_of > n: params that ask for logprobs

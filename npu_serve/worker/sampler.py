@@ -11,7 +11,8 @@ params ask for logprobs (None elsewhere).
 - Seeded rows draw their q from their own generator (`SamplingRow.generator`, owned by the model
   runner), always V numbers per step, so a seeded request gives the same tokens whatever else is in
   the batch. Unseeded rows share the global RNG.
-- All-greedy batches with nothing to apply (the common case) are one argmax.
+- All-greedy batches with nothing to apply (the common case) are one argmax (the platform's, see
+  `Sampler.__init__`).
 - Logprobs are `log_softmax` of the RAW logits (before logit_bias, penalties and temperature), so
   they equal the model's own distribution; rank 1 is the most likely token. (vLLM 0.6.0 reports
   them after processing instead; ours is a deliberate, documented choice.)
@@ -20,7 +21,7 @@ params ask for logprobs (None elsewhere).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -48,7 +49,16 @@ class SamplerOutput:
     logprobs: list[TokenLogprobs | None]
 
 
+def _torch_argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(dim=-1)
+
+
 class Sampler:
+    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """`argmax`: the platform's `logits.argmax(dim=-1)` for greedy rows (Platform.greedy_argmax:
+        on CPU a C++ kernel, ~10x faster than torch's at a decode batch's logits); torch's when None."""
+        self._argmax = argmax or _torch_argmax
+
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, V], got {tuple(logits.shape)}")
@@ -58,12 +68,11 @@ class Sampler:
         if needs_processing(rows):
             token_ids = self._pick(process_logits(logits, rows), rows)
         else:
-            token_ids = logits.argmax(dim=-1)
+            token_ids = self._argmax(logits)
         return SamplerOutput(token_ids.tolist(), self._logprobs(logits, token_ids, rows))
 
-    @staticmethod
-    def _pick(processed: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        token_ids = processed.argmax(dim=-1)
+    def _pick(self, processed: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        token_ids = self._argmax(processed)
         sampled = [i for i, row in enumerate(rows) if not is_greedy_row(row)]
         if not sampled:
             return token_ids

@@ -38,7 +38,7 @@ def test_plain_llama_facts():
 
 
 def test_window_facts_per_layer_and_no_window_when_it_covers_the_context():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config
 
     layers = hf_bridge.attention_layers_from_config(
         Qwen2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,

@@ -6,7 +6,6 @@ tests/e2e/browser.py says where."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading

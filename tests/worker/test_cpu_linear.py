@@ -203,7 +203,6 @@ def test_bf16_engine_with_the_kernel_tracks_the_engine_without_it(tiny_llama_dir
     and these prompts they do not, so both engines must agree (a wrong kernel would diverge at once).
     32 prompts: decode steps of 32 rows; the first 3 alone: 3 rows; prefill chunks of up to ~600."""
     from npu_serve import LLM, SamplingParams
-    from npu_serve_kernels.linear import cpu as gemv
 
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
     rng = torch.Generator().manual_seed(0)

@@ -159,8 +159,7 @@ class DecoderLayer {
                       const Tensor& value_cache, const Tensor& slot_mapping, const Tensor& block_tables,
                       const Tensor& seq_lens, double scale, int64_t window, double softcap) const {
     auto [q, k, v] = attention_in(x, cos, sin);
-    key_cache.view({-1, key_cache.size(2), key_cache.size(3)}).index_copy_(0, slot_mapping, k);
-    value_cache.view({-1, value_cache.size(2), value_cache.size(3)}).index_copy_(0, slot_mapping, v);
+    write_kv(key_cache, value_cache, slot_mapping, k, v);
     const Tensor attn = npu_serve_decode::paged_decode(q.contiguous(), key_cache, value_cache, block_tables, seq_lens,
                                                        scale, window, softcap, c10::nullopt);
     return attention_out_mlp(x, attn);
@@ -187,8 +186,7 @@ class DecoderLayer {
                     num_decodes <= static_cast<int64_t>(seq_lens_cpu.size()),
                 "step_layer: query_start must have one entry more than seq_lens_cpu, and num_decodes <= requests");
     auto [q, k, v] = attention_in(x, cos, sin);
-    key_cache.view({-1, key_cache.size(2), key_cache.size(3)}).index_copy_(0, slot_mapping, k);
-    value_cache.view({-1, value_cache.size(2), value_cache.size(3)}).index_copy_(0, slot_mapping, v);
+    write_kv(key_cache, value_cache, slot_mapping, k, v);
     const Tensor attn = q.new_empty({q.size(0), q.size(1), v.size(2)});
     const int64_t nd = num_decodes;
     if (nd > 0) {
@@ -236,6 +234,14 @@ class DecoderLayer {
   }
 
  private:
+  // The step's new keys and values into their cache slots, as the Python backends' write_kv does:
+  // caches [num_blocks, block_size, Hkv, D] seen as one row per slot, slot_mapping [T] of slot ids.
+  static void write_kv(const Tensor& key_cache, const Tensor& value_cache, const Tensor& slot_mapping,
+                       const Tensor& k, const Tensor& v) {
+    key_cache.view({-1, key_cache.size(2), key_cache.size(3)}).index_copy_(0, slot_mapping, k);
+    value_cache.view({-1, value_cache.size(2), value_cache.size(3)}).index_copy_(0, slot_mapping, v);
+  }
+
   Tensor input_norm_, post_norm_;
   double eps_;
   Linear q_, k_, v_, o_, gate_, up_, down_;

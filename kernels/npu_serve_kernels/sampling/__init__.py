@@ -1,0 +1,1 @@
+"""Sampling on CPU: greedy argmax over a step's logits rows (`cpu.py`)."""
