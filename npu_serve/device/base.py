@@ -9,7 +9,7 @@ picks one by name.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -77,7 +77,7 @@ class Platform(ABC):
         against transformers' forward before using it."""
         return None
 
-    def greedy_argmax(self):
+    def greedy_argmax(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The sampler's `logits.argmax(dim=-1)` for greedy rows on this device: a callable on fp32
         [N, V] logits giving int64 [N] with torch's rule (first maximum, NaN the largest), or None
         for torch's own."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import Callable
 
 import torch
 
@@ -35,7 +36,7 @@ logger = logging.getLogger(__name__)
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, device: torch.device, spec: KVCacheSpec, num_blocks: int,
                  backend: AttentionBackend, layers: list[AttentionLayer], fast: FastDecoder | None = None,
-                 argmax=None):
+                 argmax: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """`layers` are the facts `hf_bridge.install(model, backend)` returned; the constructor runs the
         dry forward that checks them against what transformers really passes (UnsupportedModel).
         `fast`: the platform's own forward of the decoder stack (worker/fast_decoder.py), used only if
