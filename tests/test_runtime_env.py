@@ -3,8 +3,8 @@
 Measured as the process's minor page faults while a layer-shaped sequence of ops runs 30 times on a
 2048-token activation of SmolLM2's width (bf16 [2048, 576], an fp32 copy for the norm, [2048, 1728]
 for the MLP: 2-14 MiB each), in a fresh interpreter each time. With the tuning the heap's pages are
-reused (~150-190 faults a layer on the CI box's kind); with glibc's defaults (NPU_SERVE_MALLOC_TUNING=0)
-they are mapped and faulted in anew (~2100-2500 a layer), which was ~12% of a real prefill step.
+reused (~150-270 faults a layer on the CI box's kind); with glibc's defaults (NPU_SERVE_MALLOC_TUNING=0)
+they are mapped and faulted in anew (~800-2500 a layer), which was ~12% of a real prefill step.
 """
 
 from __future__ import annotations
@@ -51,7 +51,10 @@ def test_freed_blocks_are_reused():
     assert faults < one_tensor / 2, faults  # per layer: the activations' pages were reused
     untuned, default_faults = _probe(NPU_SERVE_MALLOC_TUNING="0")
     assert not untuned
-    assert default_faults > 4 * faults, (default_faults, faults)  # the difference the tuning makes
+    # The difference the tuning makes: usually 11-16x (~2100-2500 against ~150-190 a layer), but one
+    # fresh-clone run saw 803 against 269 (glibc's dynamic mmap threshold had kept some blocks), so
+    # the bound is 2x: without the tuning's effect the two counts are equal.
+    assert default_faults > 2 * faults, (default_faults, faults)
 
 
 def test_user_malloc_settings_win():
