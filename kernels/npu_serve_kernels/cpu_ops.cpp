@@ -5,6 +5,7 @@
 #include "decoder/cpu_decoder.h"
 #include "linear/cpu_gemm.h"
 #include "paged_attention/cpu_decode.h"
+#include "paged_attention/cpu_prefill.h"
 #include "sampling/cpu_argmax.h"
 
 namespace py = pybind11;
@@ -44,6 +45,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Paged attention decode over the KV cache, read in place (CPU)", py::arg("q"), py::arg("k_cache"),
         py::arg("v_cache"), py::arg("block_tables"), py::arg("seq_lens"), py::arg("scale"), py::arg("window") = 0,
         py::arg("softcap") = 0.0, py::arg("sinks") = py::none(), py::call_guard<py::gil_scoped_release>());
+
+  // paged_attention/cpu_prefill.h: None where it does not run (the caller keeps torch's SDPA).
+  m.def("paged_prefill", [](const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, const Tensor& block_table,
+                            int64_t seq_len, double scale) -> OptTensor {
+          Tensor out = npu_serve_prefill::paged_prefill(q, k_cache, v_cache, block_table, seq_len, scale);
+          return out.defined() ? OptTensor(out) : c10::nullopt;
+        }, "Causal prefill attention of a request's last n tokens over its paged cache (CPU, bf16, AMX)",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("block_table"), py::arg("seq_len"),
+        py::arg("scale"), py::call_guard<py::gil_scoped_release>());
 
   // sampling/cpu_argmax.h.
   m.def("argmax_rows", &npu_serve_sampling::argmax_rows,

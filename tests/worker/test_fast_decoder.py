@@ -27,7 +27,8 @@ def tok(tokenizer_dir):
 
 
 def _save(tok, tmp_path_factory, name: str) -> str:
-    model = _qwen2_with_bias(tok) if name == "qwen2_bias" else BY_NAME[name].build(len(tok))
+    builders = {"qwen2_bias": _qwen2_with_bias, "llama_hd64": _llama_head_dim_64}
+    model = builders[name](tok) if name in builders else BY_NAME[name].build(len(tok))
     path = tmp_path_factory.mktemp(name)
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -48,6 +49,18 @@ def _qwen2_with_bias(tok):
             for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 lin.bias.normal_(0, 0.5)
     return model
+
+
+def _llama_head_dim_64(tok):
+    """SmolLM2's head size (64) and grouping (3 query heads a KV head), so that bf16 prefills run the AMX
+    prefill kernel (kernels/npu_serve_kernels/paged_attention/cpu_prefill.h) on both paths."""
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=192, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=3, num_key_value_heads=1, head_dim=64,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
 
 
 def _compare_every_step(llm: LLM) -> list[str]:
@@ -77,10 +90,18 @@ def _compare_every_step(llm: LLM) -> list[str]:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("name", ["llama", "mistral_window", "qwen2_window", "qwen3", "qwen2_bias"])
-def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path_factory):
+@pytest.mark.parametrize("name", ["llama", "mistral_window", "qwen2_window", "qwen3", "qwen2_bias", "llama_hd64"])
+def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path_factory, monkeypatch):
     """Chunked prefills beside decodes, prefix-cache hits, preemptions, windows, Qwen3's q/k norms and
-    Qwen2's biases; bf16 also crosses the GEMV kernel's row limit (4 here) both ways."""
+    Qwen2's biases; bf16 also crosses the GEMV kernel's row limit (4 here) both ways, and with head size
+    64 runs the AMX prefill kernel where the CPU has AMX."""
+    from npu_serve_kernels.linear import cpu as linear
+    from npu_serve_kernels.paged_attention import cpu as attention_kernels
+
+    prefill_calls = []
+    kernel_prefill = attention_kernels.paged_prefill
+    monkeypatch.setattr(attention_kernels, "paged_prefill",
+                        lambda *a, **k: prefill_calls.append(kernel_prefill(*a, **k)) or prefill_calls[-1])
     path = _save(tok, tmp_path_factory, name)
     llm = LLM(path, device="cpu", dtype=dtype, block_size=BLOCK, max_num_batched_tokens=24, num_kv_blocks=24,
               max_model_len=128, cpu_gemv_rows=4)
@@ -95,6 +116,12 @@ def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path_facto
     assert all(len(o.outputs[0].token_ids) == 10 for o in out)
     assert "decode" in kinds and "mixed" in kinds
     assert llm.engine.scheduler.num_prefix_hit_tokens > 0
+    # The reference forward's prefills went through the CPU backend: to the kernel exactly where it runs.
+    ran = [out for out in prefill_calls if out is not None]
+    if name == "llama_hd64" and dtype == "bfloat16" and linear.amx_available():
+        assert ran and len(ran) == len(prefill_calls)
+    else:
+        assert not ran
 
 
 def test_not_used_when_turned_off_or_for_other_families(tok, tmp_path_factory):

@@ -25,6 +25,7 @@
 
 #include "../linear/cpu_gemm.h"
 #include "../paged_attention/cpu_decode.h"
+#include "../paged_attention/cpu_prefill.h"
 #include "cpu_fused.h"
 
 #include <omp.h>
@@ -198,6 +199,13 @@ class DecoderLayer {
     const int64_t block_size = key_cache.size(1);
     for (size_t i = static_cast<size_t>(nd); i < seq_lens_cpu.size(); ++i) {
       const int64_t a = query_start[i], n = query_start[i + 1] - a, len = seq_lens_cpu[i];
+      // bf16 with AMX: the prefill kernel, as the CPU backend's _prefill calls it (the same bits).
+      const Tensor fast = npu_serve_prefill::paged_prefill(q.narrow(0, a, n), key_cache, value_cache,
+                                                           block_tables[static_cast<int64_t>(i)], len, scale);
+      if (fast.defined()) {
+        attn.narrow(0, a, n).copy_(fast);
+        continue;
+      }
       const Tensor qh = q.narrow(0, a, n).transpose(0, 1).unsqueeze(0);  // [1, H, n, D]
       Tensor out;
       if (n == len) {  // the whole prompt is in this step: causal over its own keys

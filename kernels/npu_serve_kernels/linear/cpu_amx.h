@@ -75,9 +75,10 @@ inline TileConfig amx_config(int mr) {
 
 // One row block (x: its first row, ldx elements apart; two halves when kHalf1) x one or two blocks of
 // 16 outputs (w: the first block's packed data, wstride elements to the next) over K (a multiple of
-// 32): the fp32 sums into c [32][32] (row m, output j of the pair at c[m * 32 + j]).
+// 32): the fp32 sums into c (row m, output j of the pair at c[m * ldc + j]; ldc a multiple of 16).
 template <bool kHalf1, bool kBlock1>
-inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride, float* c) {
+inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride, float* c,
+                      int64_t ldc = 32) {
   _tile_zero(0);
   if constexpr (kBlock1) _tile_zero(1);
   if constexpr (kHalf1) {
@@ -101,11 +102,12 @@ inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t*
       if constexpr (kBlock1) _tile_dpbf16ps(3, 5, 7);
     }
   }
-  _tile_stored(0, c, 128);
-  if constexpr (kBlock1) _tile_stored(1, c + 16, 128);
+  const int64_t cstride = ldc * 4;
+  _tile_stored(0, c, cstride);
+  if constexpr (kBlock1) _tile_stored(1, c + 16, cstride);
   if constexpr (kHalf1) {
-    _tile_stored(2, c + kAmxHalf * 32, 128);
-    if constexpr (kBlock1) _tile_stored(3, c + kAmxHalf * 32 + 16, 128);
+    _tile_stored(2, c + kAmxHalf * ldc, cstride);
+    if constexpr (kBlock1) _tile_stored(3, c + kAmxHalf * ldc + 16, cstride);
   }
 }
 

@@ -53,3 +53,20 @@ def paged_decode(
         float(softcap or 0.0),
         None if sinks is None else sinks.to(torch.float32).contiguous(),
     )
+
+
+def paged_prefill(
+    q: torch.Tensor,  # [n, H, D] bf16, heads contiguous: the request's last n tokens
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D] bf16, contiguous, holding all seq_len keys
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, DV] bf16, contiguous
+    block_table: torch.Tensor,  # int [max_blocks]: the request's block ids
+    seq_len: int,
+    scale: float,
+) -> torch.Tensor | None:  # [n, H, DV] bf16, or None where the kernel does not run
+    """Causal prefill attention (`cpu_prefill.h`): query i (at position seq_len - n + i) attends to
+    keys 0..seq_len - n + i, read from the paged cache in place. Runs only for bf16 where the AMX
+    tiles do, with head_dim a multiple of 32 and DV of 16, up to 16384 keys; returns None elsewhere
+    (the caller keeps torch's SDPA). Raises RuntimeError for inputs that do not fit together."""
+    mod = _load()
+    return mod.paged_prefill(q, k_cache, v_cache, block_table.to(torch.int32).contiguous(), int(seq_len),
+                             float(scale))
