@@ -156,7 +156,7 @@ class DecoderLayer {
 
   // The whole layer for a step of decodes only (one new token per request) on the CPU attention
   // backend, with the attention that backend runs (attention/cpu.py): the new K/V written into their
-  // slots with index_copy_, then the paged-decode kernel (../paged_attention/cpu_decode.h).
+  // slots (write_kv), then the paged-decode kernel (../paged_attention/cpu_decode.h).
   Tensor decode_layer(const Tensor& x, const Tensor& cos, const Tensor& sin, const Tensor& key_cache,
                       const Tensor& value_cache, const Tensor& slot_mapping, const Tensor& block_tables,
                       const Tensor& seq_lens, double scale, int64_t window, double softcap) const {
@@ -168,8 +168,9 @@ class DecoderLayer {
   }
 
   // The whole layer for any step on the CPU attention backend when the layer has no window, softcap or
-  // sinks: the attention of attention/cpu.py and attention/torch_ref.py (TorchAttentionBackend.forward),
-  // the same ATen calls on tensors of the same shapes and strides, with no Python between them.
+  // sinks: the attention of attention/cpu.py (CpuAttentionBackend, a TorchAttentionBackend): the prefill
+  // kernel where it runs (bf16 with AMX, ../paged_attention/cpu_prefill.h), else the same ATen calls on
+  // tensors of the same shapes and strides as attention/torch_ref.py, with no Python between them.
   // Requests are in the scheduler's order, decodes first: request i's queries are rows
   // query_start[i]..query_start[i+1] of the step, and it has seq_lens_cpu[i] tokens once they are in.
   //
@@ -259,7 +260,8 @@ class DecoderLayer {
     const bool plain = cache.is_contiguous() && rows.is_contiguous() && rows.scalar_type() == cache.scalar_type() &&
                        slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.dim() == 1 &&
                        rows.dim() == 3 && rows.size(0) == slots.size(0) && rows.size(1) == cache.size(2) &&
-                       rows.size(2) == cache.size(3) && rows.device().is_cpu() && cache.device().is_cpu();
+                       rows.size(2) == cache.size(3) && rows.device().is_cpu() && cache.device().is_cpu() &&
+                       slots.device().is_cpu();
     if (!plain) {
       flat.index_copy_(0, slots, rows);
       return;

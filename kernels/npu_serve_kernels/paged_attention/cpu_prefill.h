@@ -15,11 +15,13 @@
 // decode kernel's exp), the probabilities rounded to bf16, then P V over the same keys (fp32 sums),
 // divided by the row's sum and rounded once to bf16. Keys after a row's position get probability 0.
 //
-// Numerics: its own (the tiles' order of sums), not torch's. Every output row depends only on its own
-// query, its position and the cache: not on n, on the rows beside it, on how the work is split or on
-// the number of threads (a zero probability adds nothing to the tiles' sums; each row's softmax runs
-// over exactly its visible keys). So a prompt chunked at any point, or after a prefix-cache hit, gets
-// the bits of the whole prompt (tests/attention/test_cpu_prefill_kernel.py).
+// Numerics: its own (the tiles' order of sums), not torch's. With finite keys and values, every output
+// row depends only on its own query, its position and the cache: not on n, on the rows beside it, on
+// how the work is split or on the number of threads (a zero probability adds nothing to the tiles'
+// sums; each row's softmax runs over exactly its visible keys). So a prompt chunked at any point, or
+// after a prefix-cache hit, gets the bits of the whole prompt (tests/attention/test_cpu_prefill_kernel.py).
+// (A non-finite value after a row's position can still reach it: 0 x inf is NaN in P V. Activations
+// that overflowed are wrong either way.)
 // It runs for bf16 only, where the AMX tiles do (usable()); fp32 keeps torch's SDPA, whose bits the
 // exactness tests compare with transformers' generate().
 //
