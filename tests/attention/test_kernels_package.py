@@ -3,6 +3,7 @@ whose name belongs to PyPI's `kernels` (transformers imports that one when it is
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -20,11 +21,20 @@ def _run(code: str, cwd: Path, pythonpath: str | None = None) -> str:
 
 
 def test_installed_as_npu_serve_kernels_from_anywhere(tmp_path):
-    code = ("import npu_serve_kernels.paged_attention.reference as r, importlib.util; "
-            "print(r.__file__); print(importlib.util.find_spec('kernels'))")
+    code = ("import npu_serve_kernels.paged_attention.reference as r, importlib.util, json; "
+            "s = importlib.util.find_spec('kernels'); "
+            "print(r.__file__); "
+            "print(json.dumps(None if s is None else [s.origin, list(s.submodule_search_locations or [])]))")
     file, kernels_spec = _run(code, tmp_path).splitlines()
     assert Path(file).is_relative_to(REPO / "kernels" / "npu_serve_kernels")
-    assert kernels_spec == "None"
+    # A top-level `kernels` is either absent or PyPI's (transformers 5.25 and later depend on it), never
+    # our folder, neither as a package nor as a namespace portion.
+    spec = json.loads(kernels_spec)
+    if spec is not None:
+        origin, locations = spec
+        ours = REPO / "kernels"
+        assert origin is not None and not Path(origin).is_relative_to(ours), spec
+        assert all(not Path(loc).is_relative_to(ours) for loc in locations), spec
 
 
 def test_repo_on_sys_path_does_not_shadow_a_real_kernels_package(tmp_path):
