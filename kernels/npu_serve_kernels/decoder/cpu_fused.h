@@ -79,7 +79,7 @@ struct Lanes<at::BFloat16> {
   }
 };
 
-inline __mmask16 lanes_left(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1); }
+using npu_serve_simd::lanes_left;
 
 // Runs fn(lo, hi) over [0, rows) in chunks on the extension's pool (rows are independent).
 template <typename Fn>

@@ -111,6 +111,15 @@ inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t*
   }
 }
 
+// amx_block for a row block of more than 16 rows or not (`half1`) and two output blocks or one (`two`).
+inline void amx_block_for(bool half1, bool two, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w,
+                          int64_t wstride, float* c, int64_t ldc = 32) {
+  if (half1 && two) amx_block<true, true>(x, ldx, K, w, wstride, c, ldc);
+  else if (half1) amx_block<true, false>(x, ldx, K, w, wstride, c, ldc);
+  else if (two) amx_block<false, true>(x, ldx, K, w, wstride, c, ldc);
+  else amx_block<false, false>(x, ldx, K, w, wstride, c, ldc);
+}
+
 #else
 
 inline bool amx_ready() { return false; }

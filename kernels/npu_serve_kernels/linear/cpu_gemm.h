@@ -113,7 +113,7 @@ inline void store_tile(const __m512* acc, const at::BFloat16* bias, int64_t cols
   for (int v = 0; v < NV; ++v) {
     const int64_t n = std::min<int64_t>(kLanes, cols - v * kLanes);
     if (n <= 0) break;
-    const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+    const __mmask16 mask = npu_serve_simd::lanes_left(n);
     __m512 b = _mm512_setzero_ps();
     if (bias != nullptr) {
       b = npu_serve_simd::widen_bf16(_mm256_maskz_loadu_epi16(mask, bias + v * kLanes));
@@ -310,11 +310,7 @@ inline void run_amx_tasks(Task& t) {
       const uint16_t* x = t.x + m0 * t.ldx;
       for (int64_t b = b0; b < b_end; b += 2) {
         const uint16_t* w = t.w + b * t.wstride;
-        const bool two = b + 1 < b_end, half1 = mr > kAmxHalf;
-        if (half1 && two) amx_block<true, true>(x, t.ldx, t.K, w, t.wstride, c);
-        else if (half1) amx_block<true, false>(x, t.ldx, t.K, w, t.wstride, c);
-        else if (two) amx_block<false, true>(x, t.ldx, t.K, w, t.wstride, c);
-        else amx_block<false, false>(x, t.ldx, t.K, w, t.wstride, c);
+        amx_block_for(mr > kAmxHalf, b + 1 < b_end, x, t.ldx, t.K, w, t.wstride, c);
         const int64_t n0 = b * kLanes, cols = std::min<int64_t>(2 * kLanes, t.N - n0);
         const at::BFloat16* bias = t.bias != nullptr ? t.bias + n0 : nullptr;
         for (int m = 0; m < mr; ++m) {

@@ -65,11 +65,6 @@ inline bool usable(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
 
 #if NPU_SERVE_HAS_AMX && NPU_SERVE_HAS_BF16_GEMM
 
-// The first `left` of 16 lanes (all for left >= 16, none for left <= 0).
-inline __mmask16 tail_mask(int64_t left) {
-  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
-}
-
 // exp(x) for x <= 0, 16 lanes: cpu_decode.h's exp_nonpos (Cephes' expf, about 1 ulp) written with
 // intrinsics, because GCC left the scalar one unvectorised in the softmax loop here (70% of the kernel's
 // time). x < -87 gives 0; NaN stays NaN.
@@ -154,8 +149,7 @@ struct Prefill {
     const uint16_t* kh = kp + g * Lpad * D;
     for (int64_t k0 = 0; k0 < keys; k0 += 32) {
       const uint16_t* w = kh + (k0 / 16) * D * 16;
-      if (half1) npu_serve_gemm::amx_block<true, true>(qh, q_row, D, w, D * 16, s + k0, keys);
-      else npu_serve_gemm::amx_block<false, true>(qh, q_row, D, w, D * 16, s + k0, keys);
+      npu_serve_gemm::amx_block_for(half1, true, qh, q_row, D, w, D * 16, s + k0, keys);
     }
     // Softmax numerators over each row's visible keys, as bf16 (zeros after them), and their sums.
     for (int64_t m = 0; m < mr; ++m) {
@@ -164,12 +158,12 @@ struct Prefill {
       const int64_t visible = start + r0 + m + 1;
       __m512 top = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
       for (int64_t j = 0; j < visible; j += 16)
-        top = _mm512_mask_max_ps(top, tail_mask(visible - j), top, _mm512_loadu_ps(row + j));
+        top = _mm512_mask_max_ps(top, npu_serve_simd::lanes_left(visible - j), top, _mm512_loadu_ps(row + j));
       // scale > 0: the largest scaled score is the largest score, scaled.
       const __m512 shift = _mm512_set1_ps(_mm512_reduce_max_ps(top) * scale), vscale = _mm512_set1_ps(scale);
       __m512 sum = _mm512_setzero_ps();
       for (int64_t j = 0; j < keys; j += 16) {
-        const __mmask16 mask = tail_mask(visible - j);
+        const __mmask16 mask = npu_serve_simd::lanes_left(visible - j);
         const __m512 e = _mm512_maskz_mov_ps(mask, exp_nonpos16(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), vscale, shift)));
         sum = _mm512_add_ps(sum, e);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(prow + j), npu_serve_gemm::to_bf16(e));
@@ -180,17 +174,13 @@ struct Prefill {
     const uint16_t* vh = vp + g * Dv * Lpad;
     for (int64_t d0 = 0; d0 < Dv; d0 += 32) {
       const uint16_t* w = vh + (d0 / 16) * Lpad * 16;
-      const bool two = d0 + 16 < Dv;
-      if (half1 && two) npu_serve_gemm::amx_block<true, true>(p, keys, keys, w, Lpad * 16, sc.c);
-      else if (half1) npu_serve_gemm::amx_block<true, false>(p, keys, keys, w, Lpad * 16, sc.c);
-      else if (two) npu_serve_gemm::amx_block<false, true>(p, keys, keys, w, Lpad * 16, sc.c);
-      else npu_serve_gemm::amx_block<false, false>(p, keys, keys, w, Lpad * 16, sc.c);
+      npu_serve_gemm::amx_block_for(half1, d0 + 16 < Dv, p, keys, keys, w, Lpad * 16, sc.c);
       const int64_t cols = std::min<int64_t>(32, Dv - d0);
       for (int64_t m = 0; m < mr; ++m) {
-        const __m512 inv = _mm512_set1_ps(sc.sum[m]);
+        const __m512 total = _mm512_set1_ps(sc.sum[m]);
         at::BFloat16* y = out + ((r0 + m) * H + h) * Dv + d0;
         for (int64_t j = 0; j < cols; j += 16) {
-          const __m256i v = npu_serve_gemm::to_bf16(_mm512_div_ps(_mm512_load_ps(sc.c + m * 32 + j), inv));
+          const __m256i v = npu_serve_gemm::to_bf16(_mm512_div_ps(_mm512_load_ps(sc.c + m * 32 + j), total));
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + j), v);
         }
       }
