@@ -79,6 +79,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("attention_out_mlp", &DecoderLayer::attention_out_mlp, py::call_guard<py::gil_scoped_release>())
       .def("decode_layer", &DecoderLayer::decode_layer, py::call_guard<py::gil_scoped_release>())
       .def("step_layer", &DecoderLayer::step_layer, py::call_guard<py::gil_scoped_release>());
+  m.def("silu_mul", [](const Tensor& gate, const Tensor& up) -> OptTensor {
+    Tensor out = npu_serve_fused::silu_mul(gate, up);
+    return out.defined() ? OptTensor(out) : c10::nullopt;
+  }, "silu(gate) * up with torch's bits (bf16), or None where the table cannot serve", py::arg("gate"),
+        py::arg("up"), py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm, op for op", py::arg("x"), py::arg("weight"),
         py::arg("eps"), py::call_guard<py::gil_scoped_release>());
 }
