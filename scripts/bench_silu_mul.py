@@ -1,8 +1,8 @@
 # silu(gate) * up: torch (silu, then mul) against the table kernel (decoder/cpu_fused.h), alternated in one
 # process, at SmolLM2 MLP sizes: 1, 32 and 512 tokens x 1536.
+import npu_serve  # noqa: F401  (its thread and wait-policy settings, before torch loads)
 import time, torch, torch.nn.functional as F
 from npu_serve_kernels.decoder import cpu as dk
-import npu_serve  # thread settings
 ext = dk.module()
 for T in (1, 32, 512):
     g, u = torch.randn(1, T, 1536).bfloat16(), torch.randn(1, T, 1536).bfloat16()
