@@ -21,6 +21,13 @@ prefill 6.4-7.6 s -> 4.6 s);
 `NPU_SERVE_MALLOC_TUNING=0` or the user's own MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ leave
 glibc's defaults alone.
 
+`advise_huge_pages` asks Linux for 2 MiB pages (transparent huge pages, madvise(MADV_HUGEPAGE)) on a
+range, for the CPU KV cache: decode attention reads each request's scattered 16-token blocks, and with
+4 KiB pages every block is a TLB miss or two (a c=32 decode step of SmolLM2 reads ~230 MB of cache
+across 30 layers). Measured on a 2-core Xeon with AMX, THP set to `madvise` (its default on Debian):
+the decode kernel over 30 layers' caches 1.06x faster, a c=32 decode step 1.02x (both paired in one
+process). Where THP is `never` the advice changes nothing; `NPU_SERVE_HUGE_PAGES=0` skips it.
+
 This module must not import torch. `npu_serve/__init__.py` calls `apply()` first thing; the CLI
 calls it again with its flags before anything imports torch.
 """
@@ -66,6 +73,30 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's ceiling for it on 64-bit
 TRIM_THRESHOLD = 512 << 20
 _malloc_tuned = False
+
+
+MADV_HUGEPAGE = 14  # <asm-generic/mman-common.h>
+HUGE_PAGE_BYTES = 2 << 20
+
+
+def advise_huge_pages(address: int, nbytes: int) -> bool:
+    """Ask Linux to back the whole 2 MiB pages inside [address, address + nbytes) with huge pages
+    (module docstring: why). Call it before the memory is first written: pages already faulted in stay
+    small until the kernel's background collapse gets to them. True when the advice was taken."""
+    if sys.platform != "linux" or os.environ.get("NPU_SERVE_HUGE_PAGES", "1") == "0":
+        return False
+    start = -(-address // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
+    end = (address + nbytes) // HUGE_PAGE_BYTES * HUGE_PAGE_BYTES
+    if end <= start:
+        return False
+    import ctypes
+
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return False
+    madvise.argtypes, madvise.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return madvise(start, end - start, MADV_HUGEPAGE) == 0
 
 
 def tune_malloc() -> bool:

@@ -10,6 +10,7 @@ Under tensor parallelism num_kv_heads is the rank's share (distributed/sharding.
 
 Zero-initialised on purpose: padded block-table entries point at the null block 0, and masked-out
 positions still pass through softmax(-inf) * V, where a NaN left in memory would poison the sum.
+On CPU each tensor is advised onto 2 MiB pages before it is zeroed (runtime_env.advise_huge_pages).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from npu_serve.attention.backend import AttentionLayer
+from npu_serve.runtime_env import advise_huge_pages
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,13 @@ def allocate_kv_caches(spec: KVCacheSpec, num_blocks: int,
     caches = []
     for shape in spec.layers:
         head = (num_blocks, spec.block_size, shape.num_kv_heads)
-        caches.append((torch.zeros(*head, shape.head_dim, dtype=spec.dtype, device=device),
-                       torch.zeros(*head, shape.v_head_dim, dtype=spec.dtype, device=device)))
+        caches.append((_zeros((*head, shape.head_dim), spec.dtype, device),
+                       _zeros((*head, shape.v_head_dim), spec.dtype, device)))
     return caches
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype, device=device)
+    if t.device.type == "cpu":  # before the first write, which faults the pages in
+        advise_huge_pages(t.data_ptr(), t.numel() * t.element_size())
+    return t.zero_()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from npu_serve_kernels.decoder import cpu as decoder_kernels
 
 pytestmark = pytest.mark.skipif(not decoder_kernels.available(), reason="the C++ CPU kernels cannot be built here")
