@@ -288,6 +288,22 @@ inline void run_tasks(Task& t, int64_t row_bytes) {
 // tasks for the helpers (SmolLM2's k/v projections: 12 blocks, 3 tasks).
 inline constexpr int64_t kAmxGroupBlocks = 4;
 
+// The epilogue of one AMX block: fp32 sums of up to 32 rows x 32 outputs (c, 32 floats a row) + bias,
+// rounded to bf16 into y; one row a call.
+struct Finish {
+  const float* c = nullptr;
+  const at::BFloat16* bias = nullptr;
+  int64_t cols = 0;  // outputs that exist (the last block may end inside the matrix's last 16)
+  at::BFloat16* y = nullptr;
+  int64_t ldy = 0;
+  int64_t rows = 0;  // 0: nothing pending
+
+  void operator()(int64_t m) const {
+    const __m512 acc[2] = {_mm512_load_ps(c + m * 32), _mm512_load_ps(c + m * 32 + 16)};
+    store_tile<1, 2>(acc, bias, cols, y + m * ldy, ldy);
+  }
+};
+
 // Every (panel, group) task of `t` with the AMX tiles (cpu_amx.h); K is a multiple of 32.
 inline void run_amx_tasks(Task& t) {
   t.panel = panel_rows(t.K * 2, kAmxRows);
@@ -298,7 +314,11 @@ inline void run_amx_tasks(Task& t) {
     const int64_t blocks = (t.N + kLanes - 1) / kLanes;
     const int64_t b0 = i % t.groups * kAmxGroupBlocks, b_end = std::min(blocks, b0 + kAmxGroupBlocks);
     const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
-    alignas(64) float c[kAmxRows * 32];
+    // A block's sums wait in one buffer while the next block's tiles fill the other: its epilogue (bias,
+    // rounding, stores: `Finish`) runs row by row inside the next block's K loop (amx_block says why).
+    alignas(64) float sums[2][kAmxRows * 32];
+    int next = 0;  // the buffer the next block fills
+    Finish pending;
     int configured = 0;  // the row count the loaded tile configuration is for
     for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += kAmxRows) {
       const int mr = static_cast<int>(std::min<int64_t>(kAmxRows, m_end - m0));
@@ -309,16 +329,16 @@ inline void run_amx_tasks(Task& t) {
       }
       const uint16_t* x = t.x + m0 * t.ldx;
       for (int64_t b = b0; b < b_end; b += 2) {
-        const uint16_t* w = t.w + b * t.wstride;
-        amx_block_for(mr > kAmxHalf, b + 1 < b_end, x, t.ldx, t.K, w, t.wstride, c);
-        const int64_t n0 = b * kLanes, cols = std::min<int64_t>(2 * kLanes, t.N - n0);
-        const at::BFloat16* bias = t.bias != nullptr ? t.bias + n0 : nullptr;
-        for (int m = 0; m < mr; ++m) {
-          const __m512 acc[2] = {_mm512_load_ps(c + m * 32), _mm512_load_ps(c + m * 32 + 16)};
-          store_tile<1, 2>(acc, bias, cols, t.y + (m0 + m) * t.N + n0, t.N);
-        }
+        float* c = sums[next];
+        amx_block_for(mr > kAmxHalf, b + 1 < b_end, x, t.ldx, t.K, t.w + b * t.wstride, t.wstride, c, 32, pending,
+                      pending.rows);
+        const int64_t n0 = b * kLanes;
+        pending = Finish{c, t.bias != nullptr ? t.bias + n0 : nullptr, std::min<int64_t>(2 * kLanes, t.N - n0),
+                         t.y + m0 * t.N + n0, t.N, mr};
+        next ^= 1;
       }
     }
+    for (int64_t m = 0; m < pending.rows; ++m) pending(m);
     if (configured) _tile_release();
   }, &t);
 }
