@@ -82,7 +82,8 @@ HUGE_PAGE_BYTES = 2 << 20
 def advise_huge_pages(address: int, nbytes: int) -> bool:
     """Ask Linux to back the whole 2 MiB pages inside [address, address + nbytes) with huge pages
     (module docstring: why). Call it before the memory is first written: pages already faulted in stay
-    small until the kernel's background collapse gets to them. True when the advice was taken."""
+    small until the kernel's background collapse gets to them. True when the advice was taken. The mark
+    stays on the range: memory of the heap that malloc hands out again later keeps it (harmless)."""
     if sys.platform != "linux" or os.environ.get("NPU_SERVE_HUGE_PAGES", "1") == "0":
         return False
     start = -(-address // HUGE_PAGE_BYTES) * HUGE_PAGE_BYTES
