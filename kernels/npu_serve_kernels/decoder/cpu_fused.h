@@ -97,6 +97,17 @@ inline void for_rows(int64_t rows, int64_t row_elems, Fn fn) {
   }, &ctx);
 }
 
+// fn(i, lanes) for every 16 elements of [0, n) (lanes: those of the 16 that exist), in chunks of 16 Ki
+// elements on the extension's pool: the loop of the elementwise ops below.
+template <typename Fn>
+inline void for_lanes(int64_t n, Fn fn) {
+  constexpr int64_t kChunk = 16 << 10;
+  for_rows((n + kChunk - 1) / kChunk, kChunk, [&](int64_t lo, int64_t hi) {
+    const int64_t end = std::min(n, hi * kChunk);
+    for (int64_t i = lo * kChunk; i < end; i += 16) fn(i, lanes_left(end - i));
+  });
+}
+
 // sq = float(x)^2, elementwise (torch: x.to(float32).pow(2), which is x * x).
 template <typename T>
 inline void squares(const T* x, float* sq, int64_t rows, int64_t C) {
@@ -156,13 +167,9 @@ inline void rotary(const T* x, const T* cos, const T* sin, T* out, int64_t token
 // same single rounding).
 template <typename T, bool kMul>
 inline void binary(const T* a, const T* b, T* out, int64_t n) {
-  constexpr int64_t kChunk = 16 << 10;
-  for_rows((n + kChunk - 1) / kChunk, kChunk, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo * kChunk; i < std::min(n, hi * kChunk); i += 16) {
-      const __mmask16 m = lanes_left(std::min(n, hi * kChunk) - i);
-      const __m512 x = Lanes<T>::load(a + i, m), y = Lanes<T>::load(b + i, m);
-      Lanes<T>::store(out + i, m, kMul ? _mm512_mul_ps(x, y) : _mm512_add_ps(x, y));
-    }
+  for_lanes(n, [&](int64_t i, __mmask16 m) {
+    const __m512 x = Lanes<T>::load(a + i, m), y = Lanes<T>::load(b + i, m);
+    Lanes<T>::store(out + i, m, kMul ? _mm512_mul_ps(x, y) : _mm512_add_ps(x, y));
   });
 }
 
@@ -170,19 +177,14 @@ inline void binary(const T* a, const T* b, T* out, int64_t n) {
 // `act`, the 65536 bf16 results of torch's silu by input bits (silu_table below).
 inline void silu_mul(const at::BFloat16* gate, const at::BFloat16* up, const uint16_t* act, at::BFloat16* out,
                      int64_t n) {
-  constexpr int64_t kChunk = 16 << 10;
   // A gather of 32 bits at act + 2 * bits: act[bits] in the low half (little endian) and its neighbour
   // above (act has one padding entry); shifted up 16, the low half is the fp32 value of act[bits].
   const int* base = reinterpret_cast<const int*>(act);
-  for_rows((n + kChunk - 1) / kChunk, kChunk, [&](int64_t lo, int64_t hi) {
-    const int64_t end = std::min(n, hi * kChunk);
-    for (int64_t i = lo * kChunk; i < end; i += 16) {
-      const __mmask16 m = lanes_left(end - i);
-      const __m512i bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, gate + i));
-      const __m512i got = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, bits, base, 2);
-      const __m512 a = _mm512_castsi512_ps(_mm512_slli_epi32(got, 16));
-      Lanes<at::BFloat16>::store(out + i, m, _mm512_mul_ps(a, Lanes<at::BFloat16>::load(up + i, m)));
-    }
+  for_lanes(n, [&](int64_t i, __mmask16 m) {
+    const __m512i bits = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, gate + i));
+    const __m512i got = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, bits, base, 2);
+    const __m512 a = _mm512_castsi512_ps(_mm512_slli_epi32(got, 16));
+    Lanes<at::BFloat16>::store(out + i, m, _mm512_mul_ps(a, Lanes<at::BFloat16>::load(up + i, m)));
   });
 }
 
