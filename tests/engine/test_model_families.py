@@ -73,7 +73,7 @@ def _engine_facts(llm: LLM):
 
 
 @pytest.mark.parametrize("name", [f.name for f in FAMILIES])
-def test_greedy_equals_generate_through_one_engine(name, tok, prompts, tmp_path_factory):
+def test_greedy_equals_generate_through_one_engine(name, tok, prompts, tmp_path):
     family = BY_NAME[name]
     model = family.build(len(tok))
     want, margin = greedy(model, prompts)
@@ -81,7 +81,7 @@ def test_greedy_equals_generate_through_one_engine(name, tok, prompts, tmp_path_
         without, _ = greedy(family.build(len(tok), off=feature), prompts[:3])
         assert without != want[:3], f"{name}: switching {feature} off changes nothing; the test would prove nothing"
 
-    path = tmp_path_factory.mktemp(name)
+    path = tmp_path / name
     model.save_pretrained(path)
     tok.save_pretrained(path)
     del model

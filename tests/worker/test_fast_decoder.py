@@ -26,10 +26,10 @@ def tok(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _save(tok, tmp_path_factory, name: str) -> str:
+def _save(tok, tmp_path, name: str) -> str:
     builders = {"qwen2_bias": _qwen2_with_bias, "llama_hd64": _llama_head_dim_64}
     model = builders[name](tok) if name in builders else BY_NAME[name].build(len(tok))
-    path = tmp_path_factory.mktemp(name)
+    path = tmp_path / name
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
@@ -91,7 +91,7 @@ def _compare_every_step(llm: LLM) -> list[str]:
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", ["llama", "mistral_window", "qwen2_window", "qwen3", "qwen2_bias", "llama_hd64"])
-def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path_factory, monkeypatch):
+def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path, monkeypatch):
     """Chunked prefills beside decodes, prefix-cache hits, preemptions, windows, Qwen3's q/k norms and
     Qwen2's biases; bf16 also crosses the GEMV kernel's row limit (4 here) both ways, and with head size
     64 runs the AMX prefill kernel where the CPU has AMX."""
@@ -102,7 +102,7 @@ def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path_facto
     kernel_prefill = attention_kernels.paged_prefill
     monkeypatch.setattr(attention_kernels, "paged_prefill",
                         lambda *a, **k: prefill_calls.append(kernel_prefill(*a, **k)) or prefill_calls[-1])
-    path = _save(tok, tmp_path_factory, name)
+    path = _save(tok, tmp_path, name)
     llm = LLM(path, device="cpu", dtype=dtype, block_size=BLOCK, max_num_batched_tokens=24, num_kv_blocks=24,
               max_model_len=128, cpu_gemv_rows=4)
     kinds = _compare_every_step(llm)
@@ -124,10 +124,10 @@ def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path_facto
         assert not ran
 
 
-def test_not_used_when_turned_off_or_for_other_families(tok, tmp_path_factory):
-    llama = _save(tok, tmp_path_factory, "llama")
+def test_not_used_when_turned_off_or_for_other_families(tok, tmp_path):
+    llama = _save(tok, tmp_path, "llama")
     assert LLM(llama, device="cpu", dtype="float32", num_kv_blocks=16, cpu_fast_decoder=False).engine.executor.fast is None
-    gemma = _save(tok, tmp_path_factory, "gemma2")
+    gemma = _save(tok, tmp_path, "gemma2")
     assert LLM(gemma, device="cpu", dtype="float32", num_kv_blocks=16).engine.executor.fast is None
 
 
@@ -142,9 +142,9 @@ def test_unfit_names_what_it_does_not_recognise(tok):
     assert "is not one of" in fast_decoder.unfit(BY_NAME["gemma2"].build(len(tok)))
 
 
-def test_a_decoder_that_differs_is_dropped_at_start(tok, tmp_path_factory, monkeypatch, caplog):
+def test_a_decoder_that_differs_is_dropped_at_start(tok, tmp_path, monkeypatch, caplog):
     """The start-up check compares with torch.equal: one ulp anywhere keeps transformers' forward."""
-    path = _save(tok, tmp_path_factory, "llama")
+    path = _save(tok, tmp_path, "llama")
     real = fast_decoder.FastDecoder.hidden_states
 
     def off_by_a_little(self, input_ids, positions, ctx):
