@@ -39,6 +39,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("__call__", &PackedWeight::operator(), "y = x @ w.T (+ bias) for bf16 x [M, K] (CPU, AVX512-BF16)",
            py::arg("x"), py::arg("bias") = py::none(), py::call_guard<py::gil_scoped_release>());
 
+  m.def("linear_many", [](const Tensor& x, const std::vector<std::shared_ptr<PackedWeight>>& ws,
+                          const std::vector<OptTensor>& biases) {
+          std::vector<const PackedWeight*> raw;
+          for (const auto& w : ws) raw.push_back(w.get());
+          return npu_serve_gemm::linear_many(x, raw, biases);
+        }, "[w(x, b) for each packed weight w and bias b] (1 to 3 weights of x's K inputs): one task list on "
+        "the AMX tiles, the same bits as one call each", py::arg("x"), py::arg("weights"), py::arg("biases"),
+        py::call_guard<py::gil_scoped_release>());
+
   // paged_attention/cpu_decode.h. The GIL is released while the kernel runs: in the server the event
   // loop's thread (SSE, JSON) then runs beside the engine's attention instead of waiting for it.
   m.def("paged_decode", &npu_serve_decode::paged_decode,

@@ -64,6 +64,41 @@ def test_a_rows_result_does_not_depend_on_its_batch(n, k, tiles):
 
 
 @needs_kernel
+@pytest.mark.parametrize("tiles", TILES, indirect=True)
+@pytest.mark.parametrize("m", [1, 7, 32, 100, 300])
+def test_linears_of_one_input_in_one_call_give_each_ones_bits(m, tiles):
+    """linear_many (q/k/v, gate/up in one task list on the AMX tiles) returns, for each weight, exactly
+    what that weight's own call returns, biases included; two or three weights, narrow and wide."""
+    torch.manual_seed(m)
+    k = 576
+    x = torch.randn(m, k).bfloat16()
+    shapes = [(576, True), (192, True), (193, False)]  # 193: a last block of one output
+    weights = [gemv.pack((torch.randn(n, k) / k**0.5).bfloat16()) for n, _ in shapes]
+    biases = [torch.randn(n).bfloat16() if with_bias else None for n, with_bias in shapes]
+    for count in (2, 3):
+        got = gemv.linear_many(x, weights[:count], biases[:count])
+        assert len(got) == count
+        for y, w, b in zip(got, weights, biases):
+            assert torch.equal(y, w(x, b))
+
+
+@needs_kernel
+def test_linear_many_refuses_what_one_call_would():
+    x = torch.randn(4, 64).bfloat16()
+    w64, w32 = gemv.pack(torch.randn(8, 64).bfloat16()), gemv.pack(torch.randn(8, 32).bfloat16())
+    with pytest.raises(RuntimeError, match="1 to 3 weights"):
+        gemv.linear_many(x, [], [])
+    with pytest.raises(RuntimeError, match="1 to 3 weights"):
+        gemv.linear_many(x, [w64] * 4, [None] * 4)
+    with pytest.raises(RuntimeError, match="1 to 3 weights"):
+        gemv.linear_many(x, [w64, w64], [None])
+    with pytest.raises(RuntimeError, match="inputs"):
+        gemv.linear_many(x, [w64, w32], [None, None])
+    with pytest.raises(RuntimeError, match="bias"):
+        gemv.linear_many(x, [w64], [torch.randn(7).bfloat16()])
+
+
+@needs_kernel
 @pytest.mark.parametrize("n,k", [(576, 576), (193, 101), (64, 1536), (7, 3)])
 def test_both_tile_variants_give_the_same_bits(n, k):
     """The FMA tiles follow VDPBF16PS's definition (odd product, then even, denormals as zero), so the

@@ -70,20 +70,54 @@ struct Linear {
   std::shared_ptr<npu_serve_gemm::PackedWeight> packed;  // the kernel's copy of weight, or null
   int64_t gemm_rows;  // inputs of 1..gemm_rows rows (bf16) go to the kernel; 0: never
 
-  Tensor operator()(const Tensor& x) const {
+  // Whether x goes to the kernel (else at::linear, as cpu_linear.py decides).
+  bool runs_kernel(const Tensor& x) const {
     const int64_t k = x.size(-1);
     const int64_t rows = k ? x.numel() / k : 0;
-    if (packed && rows >= 1 && rows <= gemm_rows && x.scalar_type() == at::kBFloat16) {
-      Tensor x2 = x.reshape({rows, k});
-      if (x2.stride(1) != 1) x2 = x2.contiguous();
-      Tensor y = (*packed)(x2, bias);
-      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-      shape.back() = y.size(1);
-      return y.view(shape);
-    }
+    return packed && rows >= 1 && rows <= gemm_rows && x.scalar_type() == at::kBFloat16;
+  }
+
+  Tensor operator()(const Tensor& x) const {
+    if (runs_kernel(x)) return shaped_like(x, (*packed)(rows_of(x), bias));
     return at::linear(x, weight, bias);
   }
+
+  // x as the kernel takes it: [rows, k] with contiguous rows.
+  static Tensor rows_of(const Tensor& x) {
+    const int64_t k = x.size(-1);
+    Tensor x2 = x.reshape({k ? x.numel() / k : 0, k});
+    return x2.stride(1) != 1 ? x2.contiguous() : x2;
+  }
+
+  // The kernel's y [rows, n] viewed with x's leading dimensions.
+  static Tensor shaped_like(const Tensor& x, const Tensor& y) {
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = y.size(1);
+    return y.view(shape);
+  }
 };
+
+// Each of `ls` applied to x (linears that read the same input: q/k/v, gate/up). Where all of them go to the
+// kernel, one call (npu_serve_gemm::linear_many: on the AMX tiles their tasks share one list, which keeps
+// both threads busy to the end); else one call each. Either way each result is that linear's alone.
+inline std::vector<Tensor> linears(const Tensor& x, std::initializer_list<const Linear*> ls) {
+  std::vector<Tensor> out;
+  bool together = true;
+  for (const Linear* l : ls) together = together && l->runs_kernel(x);
+  if (!together) {
+    for (const Linear* l : ls) out.push_back((*l)(x));
+    return out;
+  }
+  std::vector<const npu_serve_gemm::PackedWeight*> ws;
+  std::vector<OptTensor> biases;
+  for (const Linear* l : ls) {
+    ws.push_back(l->packed.get());
+    biases.push_back(l->bias);
+  }
+  for (const Tensor& y : npu_serve_gemm::linear_many(Linear::rows_of(x), ws, biases))
+    out.push_back(Linear::shaped_like(x, y));
+  return out;
+}
 
 // transformers' LlamaRMSNorm.forward: fused (cpu_fused.h: the same bits in two passes and torch's
 // mean) where it can, else op for op. Its rsqrt values number x's rows (T, or T x heads for Qwen3's
@@ -146,9 +180,10 @@ class DecoderLayer {
   std::tuple<Tensor, Tensor, Tensor> attention_in(const Tensor& x, const Tensor& cos, const Tensor& sin) const {
     const int64_t T = x.size(1);
     const Tensor h = rms_norm(x, input_norm_, eps_);
-    Tensor q = q_(h).view({1, T, num_heads_, head_dim_});
-    Tensor k = k_(h).view({1, T, num_kv_heads_, head_dim_});
-    Tensor v = v_(h).view({T, num_kv_heads_, v_head_dim_});
+    const std::vector<Tensor> qkv = linears(h, {&q_, &k_, &v_});
+    Tensor q = qkv[0].view({1, T, num_heads_, head_dim_});
+    Tensor k = qkv[1].view({1, T, num_kv_heads_, head_dim_});
+    Tensor v = qkv[2].view({T, num_kv_heads_, v_head_dim_});
     if (q_norm_.has_value()) q = rms_norm(q, *q_norm_, qk_eps_);  // Qwen3: one rsqrt per token and head
     if (k_norm_.has_value()) k = rms_norm(k, *k_norm_, qk_eps_);
     return {rotary(q, cos, sin), rotary(k, cos, sin), v};
@@ -239,7 +274,9 @@ class DecoderLayer {
     }
     const Tensor mid = add(x, o_(a), T);
     const Tensor h = rms_norm(mid, post_norm_, eps_);
-    const Tensor gate = gate_(h), up = up_(h);
+    const std::vector<Tensor> gate_up = linears(h, {&gate_, &up_});
+    const Tensor& gate = gate_up[0];
+    const Tensor& up = gate_up[1];
     Tensor hidden = npu_serve_fused::silu_mul(gate, up);  // torch's silu and mul, from a table (cpu_fused.h)
     if (!hidden.defined()) hidden = mul(at::silu(gate), up, T);
     return add(mid, down_(hidden), T);

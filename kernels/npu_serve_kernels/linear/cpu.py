@@ -45,6 +45,12 @@ def pack(weight: torch.Tensor):
     return _EXT.load().PackedWeight(weight)
 
 
+def linear_many(x: torch.Tensor, weights: list, biases: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """`[w(x, b) for w, b in zip(weights, biases)]` for 1 to 3 packed weights (`pack`) of x's K inputs, the
+    same bits, computed as one task list where the AMX tiles run (cpu_gemm.h: linear_many)."""
+    return list(_EXT.load().linear_many(x, weights, biases))
+
+
 def variant() -> str:
     """Which tiles the kernel runs here: "dot" (VDPBF16PS), "fma" (fp32 FMAs over widened weights) or
     "amx" (TDPBF16PS), chosen by timing them on first use. dot and fma give the same bits; amx sums in
