@@ -93,6 +93,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return out.defined() ? OptTensor(out) : c10::nullopt;
   }, "silu(gate) * up with torch's bits (bf16), or None where the table cannot serve", py::arg("gate"),
         py::arg("up"), py::call_guard<py::gil_scoped_release>());
+  m.def("to_float", &npu_serve_fused::to_float, "x.to(torch.float32), bf16 on both cores", py::arg("x"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm, op for op", py::arg("x"), py::arg("weight"),
         py::arg("eps"), py::call_guard<py::gil_scoped_release>());
 }
