@@ -95,6 +95,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("up"), py::call_guard<py::gil_scoped_release>());
   m.def("to_float", &npu_serve_fused::to_float, "x.to(torch.float32), bf16 on both cores", py::arg("x"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("rms_norm_sum_lanes", &npu_serve_decoder::rms_norm_sum_lanes,
+        "the width of torch's sum rms_norm reproduces for rows of C values (8, 16), or 0: torch's mean",
+        py::arg("C"), py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm", &rms_norm, "transformers' LlamaRMSNorm, op for op", py::arg("x"), py::arg("weight"),
         py::arg("eps"), py::call_guard<py::gil_scoped_release>());
 }

@@ -136,6 +136,16 @@ inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   return weight * h.to(x.scalar_type());
 }
 
+// The vector width of torch's sum that rms_norm reproduces for rows of C values here (8 or 16), or 0
+// where it calls torch's mean instead (npu_serve_fused::mean_order; for tests and logs).
+inline int rms_norm_sum_lanes(int64_t C) {
+  auto mean = [](const Tensor& sq) {
+    Serial serial(sq.numel() / std::max<int64_t>(sq.size(-1), 1));
+    return sq.mean(-1, /*keepdim=*/true);
+  };
+  return npu_serve_fused::mean_order(C, mean);
+}
+
 // transformers' rotate_half and apply_rotary_pos_emb for one of q / k: x [1, T, H, D], cos/sin [1, T, D];
 // returns [T, H, D]. Fused (cpu_fused.h) where it can, else op for op. (transformers applies it to the
 // transposed [1, H, T, D] view; elementwise ops give the same values.)

@@ -31,6 +31,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -110,20 +112,23 @@ inline void for_lanes(int64_t n, Fn fn) {
 
 // sq = float(x)^2, elementwise (torch: x.to(float32).pow(2), which is x * x).
 template <typename T>
-inline void squares(const T* x, float* sq, int64_t rows, int64_t C) {
-  for_rows(rows, C, [&](int64_t lo, int64_t hi) {
+inline void squares(const T* x, float* sq, int64_t rows, int64_t C, bool on_pool = true) {
+  auto body = [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo * C; i < hi * C; i += 16) {
       const __mmask16 m = lanes_left(hi * C - i);
       const __m512 v = Lanes<T>::load(x + i, m);
       _mm512_mask_storeu_ps(sq + i, m, _mm512_mul_ps(v, v));
     }
-  });
+  };
+  if (on_pool) for_rows(rows, C, body);
+  else body(0, rows);
 }
 
 // out = weight * to_T(float(x) * (1 / sqrt(var + eps))), row by row.
 template <typename T>
-inline void normalise(const T* x, const float* var, const T* weight, float eps, T* out, int64_t rows, int64_t C) {
-  for_rows(rows, C, [&](int64_t lo, int64_t hi) {
+inline void normalise(const T* x, const float* var, const T* weight, float eps, T* out, int64_t rows, int64_t C,
+                      bool on_pool = true) {
+  auto body = [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
       const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(var[r] + eps));
       for (int64_t j = 0; j < C; j += 16) {
@@ -132,7 +137,9 @@ inline void normalise(const T* x, const float* var, const T* weight, float eps, 
         Lanes<T>::store(out + r * C + j, m, _mm512_mul_ps(Lanes<T>::load(weight + j, m), h));
       }
     }
-  });
+  };
+  if (on_pool) for_rows(rows, C, body);
+  else body(0, rows);
 }
 
 // out[t, h] = x[t, h] * cos[t] + rotate_half(x[t, h]) * sin[t], each op rounded to T; x [T, H, D], cos/sin [T, D].
@@ -230,9 +237,93 @@ inline bool fusable(const Tensor& t) {
          (t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kFloat);
 }
 
+// torch's float32 sum of one contiguous row of n values, in the order its CPU sum kernel adds them
+// (ATen/native/cpu/SumKernel.cpp, read at pytorch/pytorch 018dc41: vectorized_inner_sum over W-lane
+// vectors; row_sum's 4 interleaved partial sums; multi_row_sum's 4-level cascade, whose level size is
+// 2^max(4, ceil(log2(size)) / 4); the scalar tail; then the lanes in order). Lane-wise IEEE adds only, so
+// the order is all there is to match. W is the vector width of the kernel torch runs here (8 in its AVX2
+// build, 16 in AVX-512), which mean_order() finds by comparing with torch itself.
+template <int W>
+inline float torch_row_sum(const float* x, int64_t n) {
+  constexpr int kIlp = 4, kLevels = 4;
+  const int64_t vecs = n / W, size = vecs / kIlp;  // row_sum: a (size, kIlp) array of vectors
+  float acc[kLevels][kIlp][W] = {};
+  auto add_vec = [&](float* a, int64_t v) {
+    for (int l = 0; l < W; ++l) a[l] += x[v * W + l];
+  };
+  int64_t ceil_log2 = 0;
+  while ((int64_t{1} << ceil_log2) < size) ++ceil_log2;
+  const int64_t power = std::max<int64_t>(4, ceil_log2 / kLevels), step = int64_t{1} << power, mask = step - 1;
+  int64_t i = 0;
+  while (i + step <= size) {
+    for (int64_t j = 0; j < step; ++j, ++i)
+      for (int k = 0; k < kIlp; ++k) add_vec(acc[0][k], i * kIlp + k);
+    for (int j = 1; j < kLevels; ++j) {
+      for (int k = 0; k < kIlp; ++k)
+        for (int l = 0; l < W; ++l) acc[j][k][l] += acc[j - 1][k][l], acc[j - 1][k][l] = 0.f;
+      if ((i & (mask << (j * power))) != 0) break;
+    }
+  }
+  for (; i < size; ++i)
+    for (int k = 0; k < kIlp; ++k) add_vec(acc[0][k], i * kIlp + k);
+  for (int j = 1; j < kLevels; ++j)
+    for (int k = 0; k < kIlp; ++k)
+      for (int l = 0; l < W; ++l) acc[0][k][l] += acc[j][k][l];
+  for (int64_t v = size * kIlp; v < vecs; ++v) add_vec(acc[0][0], v);
+  for (int k = 1; k < kIlp; ++k)
+    for (int l = 0; l < W; ++l) acc[0][0][l] += acc[0][k][l];
+  float sum = 0.f;
+  for (int64_t e = vecs * W; e < n; ++e) sum += x[e];
+  for (int l = 0; l < W; ++l) sum += acc[0][0][l];
+  return 0.f + sum;  // torch adds the row's sum into its zero-filled output
+}
+
+// Which torch_row_sum width, divided by C, gives torch's mean over rows of C float32 values here, bit
+// for bit: 8 or 16, or 0 for neither (then rms_norm keeps calling torch's mean). Decided once per C, by
+// comparing with `mean` (torch's, as rms_norm's caller runs it) on 64 rows of squares of varied
+// magnitude; an order that differed would show on such rows in almost every one.
+template <typename Mean>
+inline int mean_order(int64_t C, Mean& mean) {
+  static std::mutex lock;
+  static std::map<int64_t, int> known;
+  std::lock_guard<std::mutex> guard(lock);
+  const auto found = known.find(C);
+  if (found != known.end()) return found->second;
+  constexpr int64_t kRows = 64;
+  Tensor sq = at::empty({1, kRows, C}, at::TensorOptions().dtype(at::kFloat));
+  float* v = sq.data_ptr<float>();
+  uint32_t state = 12345;  // our own generator: torch's global one (seeded sampling) stays untouched
+  for (int64_t i = 0; i < kRows * C; ++i) {
+    state = state * 1664525u + 1013904223u;
+    const float u = static_cast<float>(state >> 8) / 16777216.0f;  // [0, 1)
+    v[i] = u * u * std::ldexp(1.0f, static_cast<int>((state >> 4) % 24) - 12);
+  }
+  const Tensor want = mean(sq).contiguous();
+  const float* w = want.data_ptr<float>();
+  int order = 0;
+  for (const int lanes : {8, 16}) {
+    bool same = true;
+    for (int64_t r = 0; r < kRows && same; ++r) {
+      const float s = lanes == 8 ? torch_row_sum<8>(v + r * C, C) : torch_row_sum<16>(v + r * C, C);
+      const float m = s / static_cast<float>(C);
+      same = std::memcmp(&m, w + r, sizeof m) == 0;
+    }
+    if (same) {
+      order = lanes;
+      break;
+    }
+  }
+  known.emplace(C, order);
+  return order;
+}
+
 // transformers' LlamaRMSNorm.forward for a contiguous x [..., C] and weight [C] of x's dtype; an
 // undefined tensor when it cannot (the caller then runs the op-for-op version). `mean` is torch's
-// reduction, given the squares in a tensor of x's shape (the caller picks its thread scope).
+// reduction, given the squares in a tensor of x's shape (the caller picks its thread scope). Where
+// torch_row_sum reproduces that mean here (mean_order) and the rows are few enough that torch runs it on
+// one thread, each row is done in one pass on the pool: squares, their sum in torch's order, the scale.
+// Why: the three steps as torch op + two pool tasks cost ~17 us a call at 32 rows, and a SmolLM2 step
+// has 61 of them (3.7% of a c=32 decode step's main thread, all of it with the helper idle).
 template <typename Mean>
 inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps, Mean mean) {
   if (!fusable(x) || !fusable(weight) || weight.scalar_type() != x.scalar_type() || x.dim() == 0 ||
@@ -240,16 +331,33 @@ inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps, Mean m
     return Tensor();
 #if NPU_SERVE_HAS_FUSED
   const int64_t C = x.size(-1), rows = C ? x.numel() / C : 0;
-  Tensor sq = at::empty(x.sizes(), x.options().dtype(at::kFloat));
   Tensor out = at::empty_like(x);
   if (rows == 0) return out;
+  // torch adds a Python float to a float32 tensor in fp32: the epsilon rounded to float once.
+  const float feps = static_cast<float>(eps);
+  const int order = rows <= at::internal::GRAIN_SIZE ? mean_order(C, mean) : 0;
   auto run = [&](auto tag) {
     using T = decltype(tag);
+    if (order != 0) {
+      const T* xp = x.data_ptr<T>();
+      const T* wp = weight.data_ptr<T>();
+      T* op = out.data_ptr<T>();
+      for_rows(rows, C, [&](int64_t lo, int64_t hi) {
+        thread_local std::vector<float> sq;
+        sq.resize(C);
+        for (int64_t r = lo; r < hi; ++r) {
+          squares<T>(xp + r * C, sq.data(), 1, C, /*on_pool=*/false);
+          const float var = (order == 8 ? torch_row_sum<8>(sq.data(), C) : torch_row_sum<16>(sq.data(), C)) /
+                            static_cast<float>(C);
+          normalise<T>(xp + r * C, &var, wp, feps, op + r * C, 1, C, /*on_pool=*/false);
+        }
+      });
+      return;
+    }
+    Tensor sq = at::empty(x.sizes(), x.options().dtype(at::kFloat));
     squares<T>(x.data_ptr<T>(), sq.data_ptr<float>(), rows, C);
     const Tensor var = mean(sq).contiguous();
-    // torch adds a Python float to a float32 tensor in fp32: the epsilon rounded to float once.
-    normalise<T>(x.data_ptr<T>(), var.data_ptr<float>(), weight.data_ptr<T>(), static_cast<float>(eps),
-                 out.data_ptr<T>(), rows, C);
+    normalise<T>(x.data_ptr<T>(), var.data_ptr<float>(), weight.data_ptr<T>(), feps, out.data_ptr<T>(), rows, C);
   };
   if (x.scalar_type() == at::kBFloat16) run(at::BFloat16{});
   else run(float{});
