@@ -88,6 +88,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("attention_out_mlp", &DecoderLayer::attention_out_mlp, py::call_guard<py::gil_scoped_release>())
       .def("decode_layer", &DecoderLayer::decode_layer, py::call_guard<py::gil_scoped_release>())
       .def("step_layer", &DecoderLayer::step_layer, py::call_guard<py::gil_scoped_release>());
+  m.def("decode_layers", &npu_serve_decoder::decode_layers,
+        "DecoderLayer.decode_layer of every layer in turn (a step of decodes only)", py::arg("layers"),
+        py::arg("h"), py::arg("cos"), py::arg("sin"), py::arg("key_caches"), py::arg("value_caches"),
+        py::arg("slot_mapping"), py::arg("block_tables"), py::arg("seq_lens"), py::arg("scales"),
+        py::arg("windows"), py::arg("softcaps"), py::call_guard<py::gil_scoped_release>());
   m.def("silu_mul", [](const Tensor& gate, const Tensor& up) -> OptTensor {
     Tensor out = npu_serve_fused::silu_mul(gate, up);
     return out.defined() ? OptTensor(out) : c10::nullopt;

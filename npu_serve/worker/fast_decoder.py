@@ -91,6 +91,8 @@ class FastDecoder:
         self._lm_head = linear(model.lm_head)
         # What the CPU backend passes its decode kernel for each layer (attention/cpu.py).
         self._decode_args = [(layer.scale, layer.sliding_window or 0, layer.logit_softcap or 0.0) for layer in layers]
+        self._decode_lists = tuple(list(column) for column in zip(*self._decode_args))  # scales, windows, softcaps
+        self._decode_layers = ext.decode_layers
         # Whether every layer's attention is the plain causal one that DecoderLayer.step_layer runs for
         # steps with prompt tokens (no window, softcap or sinks); else those steps take the backend's.
         self._plain = all(layer.sliding_window is None and layer.logit_softcap is None and not layer.has_sinks
@@ -120,9 +122,9 @@ class FastDecoder:
         if _runs_cpu_decode_kernel(backend):
             slots, tables, lens = meta.slot_mapping, meta.block_tables, meta.seq_lens
             if meta.num_decodes == meta.num_reqs:
-                # Decodes only: each layer is one C++ call, the CPU backend's attention included.
-                for layer, (key_cache, value_cache), args in zip(self._layers, caches, self._decode_args):
-                    h = layer.decode_layer(h, cos, sin, key_cache, value_cache, slots, tables, lens, *args)
+                # Decodes only: the whole stack is one C++ call, the CPU backend's attention included.
+                h = self._decode_layers(self._layers, h, cos, sin, [k for k, _ in caches], [v for _, v in caches],
+                                        slots, tables, lens, *self._decode_lists)
                 return self._rms_norm(h, self._norm_weight, self._norm_eps)
             if self._plain:
                 # Prompt tokens in the step: still one C++ call a layer (DecoderLayer.step_layer).

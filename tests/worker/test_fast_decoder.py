@@ -173,3 +173,11 @@ def test_default_model_in_bf16_with_prompts_long_enough_that_torch_splits_its_op
                        SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True))
     assert all(len(o.outputs[0].token_ids) == 4 for o in out)
     assert "decode" in kinds and "mixed" in kinds
+
+
+@pytest.mark.skipif(not decoder_ext.available(), reason="the C++ CPU kernels cannot be built here")
+def test_decode_layers_refuses_lists_of_other_lengths():
+    """The one-call decode stack takes one cache pair, scale, window and softcap per layer, or says so."""
+    t = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="one cache pair, scale, window and softcap per layer"):
+        decoder_ext.module().decode_layers([], t, t, t, [], [], t, t, t, [0.125], [], [])

@@ -305,23 +305,24 @@ class DecoderLayer {
   // layouts allow (the same bytes land in the same slots): torch's index_copy_ took ~100 us a call for a
   // 512-token step's rows (2.4% of the step, torch.profiler), a copy loop a few. Else index_copy_ itself.
   static void copy_rows(const Tensor& cache, const Tensor& slots, const Tensor& rows) {
-    const Tensor flat = cache.view({-1, cache.size(2), cache.size(3)});
-    const bool plain = cache.is_contiguous() && rows.is_contiguous() && rows.scalar_type() == cache.scalar_type() &&
-                       slots.scalar_type() == at::kLong && slots.is_contiguous() && slots.dim() == 1 &&
-                       rows.dim() == 3 && rows.size(0) == slots.size(0) && rows.size(1) == cache.size(2) &&
-                       rows.size(2) == cache.size(3) && rows.device().is_cpu() && cache.device().is_cpu() &&
-                       slots.device().is_cpu();
+    const bool plain = cache.dim() == 4 && cache.is_contiguous() && rows.is_contiguous() &&
+                       rows.scalar_type() == cache.scalar_type() && slots.scalar_type() == at::kLong &&
+                       slots.is_contiguous() && slots.dim() == 1 && rows.dim() == 3 && rows.size(0) == slots.size(0) &&
+                       rows.size(1) == cache.size(2) && rows.size(2) == cache.size(3) && rows.device().is_cpu() &&
+                       cache.device().is_cpu() && slots.device().is_cpu();
     if (!plain) {
-      flat.index_copy_(0, slots, rows);
+      cache.view({-1, cache.size(2), cache.size(3)}).index_copy_(0, slots, rows);
       return;
     }
-    const int64_t n = slots.size(0), num_slots = flat.size(0);
+    // Straight from the pointers: building the one-row-per-slot view tensor cost more than the copies
+    // (perf: 1.5% of a c=32 decode step's main thread in copy_rows, a third of it the memcpy).
+    const int64_t n = slots.size(0), num_slots = cache.size(0) * cache.size(1);
     const int64_t* slot = slots.data_ptr<int64_t>();
     for (int64_t i = 0; i < n; ++i)
       TORCH_CHECK(slot[i] >= 0 && slot[i] < num_slots, "write_kv: slot ", slot[i], " is outside the cache's ",
                   num_slots, " slots");
-    const int64_t row_bytes = flat.stride(0) * flat.element_size();
-    char* dst = static_cast<char*>(flat.data_ptr());
+    const int64_t row_bytes = cache.size(2) * cache.size(3) * cache.element_size();
+    char* dst = static_cast<char*>(cache.data_ptr());
     const char* src = static_cast<const char*>(rows.data_ptr());
     for (int64_t i = 0; i < n; ++i) std::memcpy(dst + slot[i] * row_bytes, src + i * row_bytes, row_bytes);
   }
@@ -333,6 +334,24 @@ class DecoderLayer {
   double qk_eps_;
   int64_t num_heads_, num_kv_heads_, head_dim_, v_head_dim_;
 };
+
+// Every layer's decode_layer in turn, for a step of decodes only, in one call from Python. Why: one call
+// a layer paid pybind's conversion of eleven arguments and the interpreter's loop thirty times a step
+// (perf: 1% of a c=32 decode step's main thread in pybind's wrapper, with the helper idle).
+inline Tensor decode_layers(const std::vector<const DecoderLayer*>& layers, Tensor h, const Tensor& cos,
+                            const Tensor& sin, const std::vector<Tensor>& key_caches,
+                            const std::vector<Tensor>& value_caches, const Tensor& slot_mapping,
+                            const Tensor& block_tables, const Tensor& seq_lens, const std::vector<double>& scales,
+                            const std::vector<int64_t>& windows, const std::vector<double>& softcaps) {
+  const size_t n = layers.size();
+  TORCH_CHECK(key_caches.size() == n && value_caches.size() == n && scales.size() == n && windows.size() == n &&
+                  softcaps.size() == n,
+              "decode_layers: one cache pair, scale, window and softcap per layer");
+  for (size_t i = 0; i < n; ++i)
+    h = layers[i]->decode_layer(h, cos, sin, key_caches[i], value_caches[i], slot_mapping, block_tables, seq_lens,
+                                scales[i], windows[i], softcaps[i]);
+  return h;
+}
 
 }  // namespace npu_serve_decoder
 
