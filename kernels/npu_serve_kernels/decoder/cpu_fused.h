@@ -14,9 +14,11 @@
 // result to bf16 (nearest even), so the fused loops round after each op too; products and sums of the
 // fp32 path are single correctly rounded operations, vectorised or not; rsqrt is 1/sqrt (torch's
 // Vectorized<float>::rsqrt and its scalar tail both are, and both are correctly rounded). The one
-// reduction, RMSNorm's mean of squares, is still torch's `mean` on a tensor of the same shape, dtype
-// and values as in transformers (only the squares are computed here). The model runner's start-up
-// check (ModelRunner._fast_matches) compares the whole forward with transformers' bit for bit anyway.
+// reduction, RMSNorm's mean of squares, adds the squares in the order of torch's own sum kernel
+// (torch_row_sum), used for a width only after it matched torch's `mean` bit for bit here, else it is
+// torch's `mean` on a tensor of the same shape, dtype and values as in transformers. The model runner's
+// start-up check (ModelRunner._fast_matches) compares the whole forward with transformers' bit for bit
+// anyway.
 //
 // Where the CPU lacks AVX-512, or a tensor is not contiguous or not bf16/fp32, the op-for-op versions
 // in cpu_decoder.h run instead.
