@@ -119,16 +119,20 @@ inline std::vector<Tensor> linears(const Tensor& x, std::initializer_list<const 
   return out;
 }
 
-// transformers' LlamaRMSNorm.forward: fused (cpu_fused.h: the same bits in two passes and torch's
-// mean) where it can, else op for op. Its rsqrt values number x's rows (T, or T x heads for Qwen3's
-// q/k norms): the Serial scope's count.
+// torch's mean over the last dimension of the squares `sq`, as the fused RMSNorm (cpu_fused.h) is handed
+// it: on one thread while its rows are few enough for the Serial scope (one rsqrt value a row).
+inline Tensor row_means(const Tensor& sq) {
+  Serial serial(sq.numel() / std::max<int64_t>(sq.size(-1), 1));
+  return sq.mean(-1, /*keepdim=*/true);
+}
+
+// transformers' LlamaRMSNorm.forward: fused (cpu_fused.h: the same bits in one pass a row, or in two
+// passes around torch's mean) where it can, else op for op. Its rsqrt values number x's rows (T, or
+// T x heads for Qwen3's q/k norms): the Serial scope's count.
 inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
-  const int64_t C = x.dim() ? x.size(-1) : 1, rows = C ? x.numel() / C : 0;
-  Tensor fused = npu_serve_fused::rms_norm(x, weight, eps, [rows](const Tensor& sq) {
-    Serial serial(rows);
-    return sq.mean(-1, /*keepdim=*/true);
-  });
+  Tensor fused = npu_serve_fused::rms_norm(x, weight, eps, row_means);
   if (fused.defined()) return fused;
+  const int64_t C = x.dim() ? x.size(-1) : 1, rows = C ? x.numel() / C : 0;
   Serial serial(rows);
   Tensor h = x.to(at::kFloat);
   Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
@@ -139,10 +143,7 @@ inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
 // The vector width of torch's sum that rms_norm reproduces for rows of C values here (8 or 16), or 0
 // where it calls torch's mean instead (npu_serve_fused::mean_order; for tests and logs).
 inline int rms_norm_sum_lanes(int64_t C) {
-  auto mean = [](const Tensor& sq) {
-    Serial serial(sq.numel() / std::max<int64_t>(sq.size(-1), 1));
-    return sq.mean(-1, /*keepdim=*/true);
-  };
+  auto mean = row_means;
   return npu_serve_fused::mean_order(C, mean);
 }
 

@@ -113,35 +113,41 @@ inline void for_lanes(int64_t n, Fn fn) {
 }
 
 // sq = float(x)^2, elementwise (torch: x.to(float32).pow(2), which is x * x).
+// Rows lo .. hi-1 of it, on the calling thread.
 template <typename T>
-inline void squares(const T* x, float* sq, int64_t rows, int64_t C, bool on_pool = true) {
-  auto body = [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo * C; i < hi * C; i += 16) {
-      const __mmask16 m = lanes_left(hi * C - i);
-      const __m512 v = Lanes<T>::load(x + i, m);
-      _mm512_mask_storeu_ps(sq + i, m, _mm512_mul_ps(v, v));
-    }
-  };
-  if (on_pool) for_rows(rows, C, body);
-  else body(0, rows);
+inline void square_rows(const T* x, float* sq, int64_t lo, int64_t hi, int64_t C) {
+  for (int64_t i = lo * C; i < hi * C; i += 16) {
+    const __mmask16 m = lanes_left(hi * C - i);
+    const __m512 v = Lanes<T>::load(x + i, m);
+    _mm512_mask_storeu_ps(sq + i, m, _mm512_mul_ps(v, v));
+  }
+}
+
+// All rows, on the pool.
+template <typename T>
+inline void squares(const T* x, float* sq, int64_t rows, int64_t C) {
+  for_rows(rows, C, [&](int64_t lo, int64_t hi) { square_rows(x, sq, lo, hi, C); });
 }
 
 // out = weight * to_T(float(x) * (1 / sqrt(var + eps))), row by row.
+// Rows lo .. hi-1 of it, on the calling thread.
 template <typename T>
-inline void normalise(const T* x, const float* var, const T* weight, float eps, T* out, int64_t rows, int64_t C,
-                      bool on_pool = true) {
-  auto body = [&](int64_t lo, int64_t hi) {
-    for (int64_t r = lo; r < hi; ++r) {
-      const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(var[r] + eps));
-      for (int64_t j = 0; j < C; j += 16) {
-        const __mmask16 m = lanes_left(C - j);
-        const __m512 h = Lanes<T>::round(_mm512_mul_ps(Lanes<T>::load(x + r * C + j, m), scale));
-        Lanes<T>::store(out + r * C + j, m, _mm512_mul_ps(Lanes<T>::load(weight + j, m), h));
-      }
+inline void normalise_rows(const T* x, const float* var, const T* weight, float eps, T* out, int64_t lo, int64_t hi,
+                           int64_t C) {
+  for (int64_t r = lo; r < hi; ++r) {
+    const __m512 scale = _mm512_set1_ps(1.0f / std::sqrt(var[r] + eps));
+    for (int64_t j = 0; j < C; j += 16) {
+      const __mmask16 m = lanes_left(C - j);
+      const __m512 h = Lanes<T>::round(_mm512_mul_ps(Lanes<T>::load(x + r * C + j, m), scale));
+      Lanes<T>::store(out + r * C + j, m, _mm512_mul_ps(Lanes<T>::load(weight + j, m), h));
     }
-  };
-  if (on_pool) for_rows(rows, C, body);
-  else body(0, rows);
+  }
+}
+
+// All rows, on the pool.
+template <typename T>
+inline void normalise(const T* x, const float* var, const T* weight, float eps, T* out, int64_t rows, int64_t C) {
+  for_rows(rows, C, [&](int64_t lo, int64_t hi) { normalise_rows(x, var, weight, eps, out, lo, hi, C); });
 }
 
 // out[t, h] = x[t, h] * cos[t] + rotate_half(x[t, h]) * sin[t], each op rounded to T; x [T, H, D], cos/sin [T, D].
@@ -348,10 +354,10 @@ inline Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps, Mean m
         thread_local std::vector<float> sq;
         sq.resize(C);
         for (int64_t r = lo; r < hi; ++r) {
-          squares<T>(xp + r * C, sq.data(), 1, C, /*on_pool=*/false);
+          square_rows<T>(xp + r * C, sq.data(), 0, 1, C);
           const float var = (order == 8 ? torch_row_sum<8>(sq.data(), C) : torch_row_sum<16>(sq.data(), C)) /
                             static_cast<float>(C);
-          normalise<T>(xp + r * C, &var, wp, feps, op + r * C, 1, C, /*on_pool=*/false);
+          normalise_rows<T>(xp + r * C, &var, wp, feps, op + r * C, 0, 1, C);
         }
       });
       return;
