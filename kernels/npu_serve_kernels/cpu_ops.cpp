@@ -66,7 +66,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
   // sampling/cpu_argmax.h.
   m.def("argmax_rows", &npu_serve_sampling::argmax_rows,
-        "torch.argmax(logits, -1) for float32 [N, V] CPU logits with contiguous rows", py::arg("logits"),
+        "torch.argmax(logits, -1) for float32 or bfloat16 [N, V] CPU logits with contiguous rows", py::arg("logits"),
         py::call_guard<py::gil_scoped_release>());
 
   // decoder/cpu_decoder.h.

@@ -79,8 +79,12 @@ class Platform(ABC):
 
     def greedy_argmax(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
         """The sampler's `logits.argmax(dim=-1)` for greedy rows on this device: a callable on fp32
-        [N, V] logits giving int64 [N] with torch's rule (first maximum, NaN the largest), or None
-        for torch's own."""
+        or model-dtype [N, V] logits giving int64 [N] with torch's rule (first maximum, NaN the
+        largest), or None for torch's own."""
+        return None
+
+    def logits_to_float(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The sampler's `logits.float()` on this device (same bits), or None for torch's own."""
         return None
 
     def reset_peak_memory_stats(self) -> None:

@@ -110,7 +110,7 @@ def build_rank(config: EngineConfig, platform: Platform, dtype: torch.dtype, sha
         num_blocks = group.all_min(num_blocks)
     fast = platform.fast_decoder(loaded.model, layers, config) if heads is None else None
     runner = ModelRunner(loaded.model, platform.torch_device, spec, num_blocks, backend, layers, fast,
-                         platform.greedy_argmax())
+                         platform.greedy_argmax(), platform.logits_to_float())
     return RankBuild(runner, loaded, platform, dtype, num_blocks, block_size, max_num_batched_tokens)
 
 

@@ -36,19 +36,21 @@ logger = logging.getLogger(__name__)
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, device: torch.device, spec: KVCacheSpec, num_blocks: int,
                  backend: AttentionBackend, layers: list[AttentionLayer], fast: FastDecoder | None = None,
-                 argmax: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 argmax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 to_float: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """`layers` are the facts `hf_bridge.install(model, backend)` returned; the constructor runs the
         dry forward that checks them against what transformers really passes (UnsupportedModel).
         `fast`: the platform's own forward of the decoder stack (worker/fast_decoder.py), used only if
-        the dry run finds it bit-identical to transformers' forward. `argmax`: the platform's greedy
-        argmax for the sampler (Platform.greedy_argmax; None: torch's)."""
+        the dry run finds it bit-identical to transformers' forward. `argmax`, `to_float`: the platform's
+        greedy argmax and fp32 copy of the logits for the sampler (Platform.greedy_argmax and
+        Platform.logits_to_float; None: torch's)."""
         self.model = model
         self.device = device
         self.spec = spec
         self.block_size = spec.block_size
         self.backend = backend
         self.layers = layers
-        self.sampler = Sampler(argmax)
+        self.sampler = Sampler(argmax, to_float)
         self.kv_caches = allocate_kv_caches(spec, num_blocks, device)
         self._generators: dict[str, torch.Generator] = {}
         self._ranked_params: dict[str, SamplingParams] = {}  # best_of > n: params that ask for logprobs
@@ -188,8 +190,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, so: SchedulerOutput) -> torch.Tensor | None:
-        """Run the model over the step's batch: float32 logits of the kept rows (see `_prepare`),
-        or None when no row is kept. Reads only the part of `so` every rank gets."""
+        """Run the model over the step's batch: the logits of the kept rows (see `_prepare`) in the
+        model's dtype, or None when no row is kept. Reads only the part of `so` every rank gets.
+        Why not float32 here: greedy rows need only an argmax, which is exact on bf16 logits (the
+        sampler copies them to fp32 where it computes more)."""
         if so.block_copies:
             self._copy_blocks(so.block_copies)
         if not so.scheduled:
@@ -207,9 +211,9 @@ class ModelRunner:
                 return None
             keep = torch.tensor(keep_idx, dtype=torch.long, device=self.device)
             if fast is not None:
-                return fast.logits(input_ids, positions, ctx, keep)[0].float()
+                return fast.logits(input_ids, positions, ctx, keep)[0]
             return self.model(input_ids=input_ids, position_ids=positions, use_cache=False,
-                              logits_to_keep=keep).logits[0].float()
+                              logits_to_keep=keep).logits[0]
 
     @torch.inference_mode()
     def sample(self, so: SchedulerOutput, logits: torch.Tensor | None) -> RunnerOutput:
@@ -267,7 +271,7 @@ class ModelRunner:
         if beam:
             idx = torch.tensor([r for r, _ in beam], dtype=torch.long, device=logits.device)
             k = max(candidates_per_beam(req.params) for _, req in beam)
-            logprobs = torch.log_softmax(logits.index_select(0, idx), dim=-1)
+            logprobs = torch.log_softmax(self.sampler.to_float(logits.index_select(0, idx)), dim=-1)
             values, tokens = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
             for (_, req), vals, toks in zip(beam, values.tolist(), tokens.tolist()):
                 n = candidates_per_beam(req.params)

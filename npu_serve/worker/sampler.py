@@ -1,6 +1,6 @@
 """Turns the logits of the sampled positions into next tokens, one row per sampled request.
 
-Contract: `Sampler()(logits, rows)` with logits float32 [N, V] (raw model output) and one
+Contract: `Sampler()(logits, rows)` with logits [N, V] (raw model output, float32 or the model's dtype) and one
 `SamplingRow` per logits row; returns one token id per row, and `TokenLogprobs` for the rows whose
 params ask for logprobs (None elsewhere).
 
@@ -12,7 +12,8 @@ params ask for logprobs (None elsewhere).
   runner), always V numbers per step, so a seeded request gives the same tokens whatever else is in
   the batch. Unseeded rows share the global RNG.
 - All-greedy batches with nothing to apply (the common case) are one argmax (the platform's, see
-  `Sampler.__init__`).
+  `Sampler.__init__`) over the logits as they come: every bf16/fp16 value widens to fp32 exactly, so
+  the argmax is the one of the fp32 copy, without the copy. Everything else works on an fp32 copy.
 - Logprobs are `log_softmax` of the RAW logits (before logit_bias, penalties and temperature), so
   they equal the model's own distribution; rank 1 is the most likely token. (vLLM 0.6.0 reports
   them after processing instead; ours is a deliberate, documented choice.)
@@ -53,22 +54,29 @@ def _torch_argmax(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(dim=-1)
 
 
+def _torch_float(logits: torch.Tensor) -> torch.Tensor:
+    return logits.float()
+
+
 class Sampler:
-    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(self, argmax: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 to_float: Callable[[torch.Tensor], torch.Tensor] | None = None):
         """`argmax`: the platform's `logits.argmax(dim=-1)` for greedy rows (Platform.greedy_argmax:
-        on CPU a C++ kernel, ~10x faster than torch's at a decode batch's logits); torch's when None."""
+        on CPU a C++ kernel, ~10x faster than torch's at a decode batch's logits); torch's when None.
+        `to_float`: the platform's `logits.float()` (Platform.logits_to_float); torch's when None."""
         self._argmax = argmax or _torch_argmax
+        self.to_float = to_float or _torch_float
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, V], got {tuple(logits.shape)}")
-        logits = logits.float()
         if not rows:
             return SamplerOutput([], [])
         if needs_processing(rows):
+            logits = self.to_float(logits)
             token_ids = self._pick(process_logits(logits, rows), rows)
         else:
-            token_ids = self._argmax(logits)
+            token_ids = self._argmax(logits)  # the model's dtype is fine (module docstring)
         return SamplerOutput(token_ids.tolist(), self._logprobs(logits, token_ids, rows))
 
     def _pick(self, processed: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:

@@ -417,9 +417,9 @@ inline Tensor binary(const Tensor& a, const Tensor& b) {
 }
 
 // x.to(float32), exactly (bf16 is fp32's high half), on both cores for a contiguous bf16 x; anything
-// else through torch. Why: the model runner hands the sampler fp32 logits, and torch's copy of a c=32
-// decode step's 32 x 49152 bf16 logits took ~1.2 ms on OpenMP's threads (py-spy: 3.1% of the step),
-// for a pass that reads 3 MiB.
+// else through torch. Why: the sampler needs fp32 logits for everything but a greedy argmax (sampling,
+// penalties, logprobs), and torch's copy of a c=32 decode step's 32 x 49152 bf16 logits took ~1.2 ms on
+// OpenMP's threads (py-spy: 3.1% of the step), for a pass that reads 3 MiB.
 inline Tensor to_float(const Tensor& x) {
   if (!fusable(x) || x.scalar_type() != at::kBFloat16) return x.to(at::kFloat);
 #if NPU_SERVE_HAS_FUSED
