@@ -53,10 +53,13 @@ def test_kernel_matches_fp32_linear(m, n, k, tiles):
 @pytest.mark.parametrize("tiles", TILES, indirect=True)
 @pytest.mark.parametrize("n,k", [(576, 576), (193, 101), (1536, 576), (40, 1536)])
 def test_a_rows_result_does_not_depend_on_its_batch(n, k, tiles):
-    """Each output's sums run in one order whatever the row count (row blocks and panels only share
-    weight loads), so a request's logits are the same bits alone or among 31 others, and in a prefill chunk."""
+    """Each output's sums run in one order whatever the row count (row blocks, panels and the AMX tiles'
+    K chunks only share weight loads), so a request's logits are the same bits alone or among 31 others,
+    and in a prefill chunk."""
     torch.manual_seed(n + k)
-    x = torch.randn(300, k).bfloat16()  # 300 rows: more than one panel of x (cpu_gemm.h) at K = 1536
+    # 300 rows: more than one panel of x (cpu_gemm.h) at K = 1536, and K chunks for the AMX tiles from 256
+    # rows a panel (amx_k_chunk), against slices of 1-150 rows that take K whole.
+    x = torch.randn(300, k).bfloat16()
     packed = gemv.pack((torch.randn(n, k) / k**0.5).bfloat16())
     whole = packed(x)
     for lo, hi in [(0, 1), (5, 6), (3, 11), (0, 32), (17, 80), (150, 300)]:

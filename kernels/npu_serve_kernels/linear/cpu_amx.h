@@ -86,16 +86,28 @@ struct NoRows {
 // by side only when their instructions are interleaved within the core's reorder window; after the
 // loop, that epilogue had the core to itself (SmolLM2's linears, 2 threads, paired builds: 1.07x
 // faster at 96 rows, 1.10x at 512, 1.14x at 2048, unchanged at 1-8).
+// With `accumulate`, the sums start from what c holds (an earlier call over the inputs before these K)
+// instead of zero: TDPBF16PS adds to the fp32 tile it loads, so splitting K this way keeps the bits.
 template <bool kHalf1, bool kBlock1, typename Rows = NoRows>
 inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride, float* c,
-                      int64_t ldc = 32, const Rows& rows = Rows{}, int64_t num_rows = 0) {
+                      int64_t ldc = 32, const Rows& rows = Rows{}, int64_t num_rows = 0, bool accumulate = false) {
   const int64_t per_step = (num_rows + K / kAmxK - 1) / std::max<int64_t>(K / kAmxK, 1);
   int64_t done = 0;
-  _tile_zero(0);
-  if constexpr (kBlock1) _tile_zero(1);
-  if constexpr (kHalf1) {
-    _tile_zero(2);
-    if constexpr (kBlock1) _tile_zero(3);
+  const int64_t cstride = ldc * 4;
+  if (accumulate) {
+    _tile_loadd(0, c, cstride);
+    if constexpr (kBlock1) _tile_loadd(1, c + 16, cstride);
+    if constexpr (kHalf1) {
+      _tile_loadd(2, c + kAmxHalf * ldc, cstride);
+      if constexpr (kBlock1) _tile_loadd(3, c + kAmxHalf * ldc + 16, cstride);
+    }
+  } else {
+    _tile_zero(0);
+    if constexpr (kBlock1) _tile_zero(1);
+    if constexpr (kHalf1) {
+      _tile_zero(2);
+      if constexpr (kBlock1) _tile_zero(3);
+    }
   }
   const int64_t xstride = ldx * 2;
   for (int64_t k = 0; k < K; k += kAmxK) {
@@ -116,7 +128,6 @@ inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t*
     for (const int64_t end = std::min(num_rows, done + per_step); done < end; ++done) rows(done);
   }
   for (; done < num_rows; ++done) rows(done);
-  const int64_t cstride = ldc * 4;
   _tile_stored(0, c, cstride);
   if constexpr (kBlock1) _tile_stored(1, c + 16, cstride);
   if constexpr (kHalf1) {
@@ -129,11 +140,11 @@ inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t*
 template <typename Rows = NoRows>
 inline void amx_block_for(bool half1, bool two, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w,
                           int64_t wstride, float* c, int64_t ldc = 32, const Rows& rows = Rows{},
-                          int64_t num_rows = 0) {
-  if (half1 && two) amx_block<true, true>(x, ldx, K, w, wstride, c, ldc, rows, num_rows);
-  else if (half1) amx_block<true, false>(x, ldx, K, w, wstride, c, ldc, rows, num_rows);
-  else if (two) amx_block<false, true>(x, ldx, K, w, wstride, c, ldc, rows, num_rows);
-  else amx_block<false, false>(x, ldx, K, w, wstride, c, ldc, rows, num_rows);
+                          int64_t num_rows = 0, bool accumulate = false) {
+  if (half1 && two) amx_block<true, true>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
+  else if (half1) amx_block<true, false>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
+  else if (two) amx_block<false, true>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
+  else amx_block<false, false>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
 }
 
 #else

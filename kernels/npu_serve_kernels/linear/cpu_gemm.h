@@ -312,33 +312,69 @@ inline int64_t amx_plan(Task& t) {
   return (t.M + t.panel - 1) / t.panel * t.groups;
 }
 
+// K chunks of an AMX task: from kAmxChunkRows rows a panel on, a task runs its row blocks over one chunk
+// of about kAmxKChunk inputs at a time (the sums wait in fp32 between chunks, amx_block's `accumulate`),
+// so that the chunk of its weights (4 blocks x 192 inputs: 24 KiB) stays in L1 across the row blocks
+// and a row block's chunk (12 KiB) across the block pairs. Why: the 2x2 step runs at ~17 cycles a
+// TDPBF16PS on operands in L1 but 35-44 on operands from L2 (scripts/probe_amx_tiles.cpp), where a task
+// over the whole K (72 KiB of weights, 36 KiB a row block at K = 576) read them. A step's linears
+// (SmolLM2, 2 threads, scripts/bench_cpu_gemv.py, alternated): 512 rows 67.7-69.9 -> 63.2-66.8 ms, 256
+// rows 40.4-41.4 -> 37.1-37.5, 2048 rows 265-269 -> 242-256; at 64-128 rows it was neutral to slightly
+// worse (the sums' reloads, with few row blocks to share a weight chunk), so it starts at 256 rows.
+// Chunks of 96-128 inputs were slower than none at 512 rows, and 288 gained about half as much. The bits
+// are the same as with K whole (tests/worker/test_cpu_linear.py).
+inline constexpr int64_t kAmxKChunk = 192;
+inline constexpr int64_t kAmxChunkRows = 256;
+
+// Inputs per K chunk for a task of `rows` rows: the largest multiple of 32 up to kAmxKChunk that divides
+// K, or K itself (one chunk) below kAmxChunkRows rows or when K is no longer than a chunk.
+inline int64_t amx_k_chunk(int64_t K, int64_t rows) {
+  if (rows < kAmxChunkRows || K <= kAmxKChunk) return K;
+  for (int64_t kc = kAmxKChunk; kc >= kAmxK; kc -= kAmxK)
+    if (K % kc == 0) return kc;
+  return K;  // unreachable: K is a multiple of kAmxK
+}
+
 // Task i of `t` (planned by amx_plan) with the AMX tiles (cpu_amx.h); K is a multiple of 32.
 inline void amx_task(const Task& t, int64_t i) {
   const int64_t blocks = (t.N + kLanes - 1) / kLanes;
   const int64_t b0 = i % t.groups * kAmxGroupBlocks, b_end = std::min(blocks, b0 + kAmxGroupBlocks);
-  const int64_t m_end = std::min(t.M, (i / t.groups + 1) * t.panel);
-  // A block's sums wait in one buffer while the next block's tiles fill the other: its epilogue (bias,
-  // rounding, stores: `Finish`) runs row by row inside the next block's K loop (amx_block says why).
-  alignas(64) float sums[2][kAmxRows * 32];
-  int next = 0;  // the buffer the next block fills
+  const int64_t m_begin = i / t.groups * t.panel, m_end = std::min(t.M, m_begin + t.panel);
+  const int64_t kc = amx_k_chunk(t.K, m_end - m_begin);
+  // One fp32 sums buffer per (row block, block pair) of the task, kept across its K chunks; with one chunk
+  // only two, used in turn. A block's epilogue (bias, rounding, stores: `Finish`) runs row by row inside
+  // the next block's K loop (amx_block says why), in the last chunk.
+  const int64_t pairs = (b_end - b0 + 1) / 2, row_blocks = (m_end - m_begin + kAmxRows - 1) / kAmxRows;
+  const int64_t buffers = kc == t.K ? 2 : row_blocks * pairs;
+  thread_local std::vector<float> sums_storage;
+  if (static_cast<int64_t>(sums_storage.size()) < buffers * kAmxRows * 32 + 16)
+    sums_storage.resize(buffers * kAmxRows * 32 + 16);
+  float* sums = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(sums_storage.data()) + 63) & ~uintptr_t{63});
+  int64_t next = 0;  // the buffer the next block fills (one chunk)
   Finish pending;
   int configured = 0;  // the row count the loaded tile configuration is for
-  for (int64_t m0 = i / t.groups * t.panel; m0 < m_end; m0 += kAmxRows) {
-    const int mr = static_cast<int>(std::min<int64_t>(kAmxRows, m_end - m0));
-    if (mr != configured) {
-      const TileConfig cfg = amx_config(mr);
-      _tile_loadconfig(&cfg);
-      configured = mr;
-    }
-    const uint16_t* x = t.x + m0 * t.ldx;
-    for (int64_t b = b0; b < b_end; b += 2) {
-      float* c = sums[next];
-      amx_block_for(mr > kAmxHalf, b + 1 < b_end, x, t.ldx, t.K, t.w + b * t.wstride, t.wstride, c, 32, pending,
-                    pending.rows);
-      const int64_t n0 = b * kLanes;
-      pending = Finish{c, t.bias != nullptr ? t.bias + n0 : nullptr, std::min<int64_t>(2 * kLanes, t.N - n0),
-                       t.y + m0 * t.N + n0, t.N, mr};
-      next ^= 1;
+  for (int64_t k0 = 0; k0 < t.K; k0 += kc) {
+    const bool last = k0 + kc == t.K;
+    for (int64_t m0 = m_begin, rb = 0; m0 < m_end; m0 += kAmxRows, ++rb) {
+      const int mr = static_cast<int>(std::min<int64_t>(kAmxRows, m_end - m0));
+      if (mr != configured) {
+        const TileConfig cfg = amx_config(mr);
+        _tile_loadconfig(&cfg);
+        configured = mr;
+      }
+      const uint16_t* x = t.x + m0 * t.ldx + k0;
+      for (int64_t b = b0; b < b_end; b += 2) {
+        float* c = sums + (kc == t.K ? next : rb * pairs + (b - b0) / 2) * (kAmxRows * 32);
+        amx_block_for(mr > kAmxHalf, b + 1 < b_end, x, t.ldx, kc, t.w + b * t.wstride + k0 * 16, t.wstride, c, 32,
+                      pending, pending.rows, k0 > 0);
+        pending.rows = 0;
+        if (last) {
+          const int64_t n0 = b * kLanes;
+          pending = Finish{c, t.bias != nullptr ? t.bias + n0 : nullptr, std::min<int64_t>(2 * kLanes, t.N - n0),
+                           t.y + m0 * t.N + n0, t.N, mr};
+        }
+        next ^= 1;
+      }
     }
   }
   for (int64_t m = 0; m < pending.rows; ++m) pending(m);
