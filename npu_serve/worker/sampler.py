@@ -105,15 +105,16 @@ class Sampler:
         token_ids.index_copy_(0, idx, (probs / q).argmax(dim=-1))
         return token_ids
 
-    @staticmethod
-    def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor, rows: list[SamplingRow]) -> list[TokenLogprobs | None]:
+    def _logprobs(self, logits: torch.Tensor, token_ids: torch.Tensor,
+                  rows: list[SamplingRow]) -> list[TokenLogprobs | None]:
         out: list[TokenLogprobs | None] = [None] * len(rows)
         wanted = [i for i, row in enumerate(rows) if row.params.logprobs is not None]
         if not wanted:
             return out
         idx = torch.tensor(wanted, dtype=torch.long, device=logits.device)
-        results = _token_logprobs(
-            logits.index_select(0, idx), token_ids.index_select(0, idx), [rows[i].params.logprobs for i in wanted]
+        results = _token_logprobs(  # greedy rows' logits may still be bf16: the platform's fp32 copy
+            self.to_float(logits.index_select(0, idx)), token_ids.index_select(0, idx),
+            [rows[i].params.logprobs for i in wanted]
         )
         for i, res in zip(wanted, results):
             out[i] = res

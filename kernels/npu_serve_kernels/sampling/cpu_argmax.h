@@ -25,6 +25,7 @@
 #endif
 
 #include "../cpu_pool.h"
+#include "../cpu_simd.h"
 
 namespace npu_serve_sampling {
 
@@ -33,9 +34,8 @@ inline float widen(at::BFloat16 x) { return static_cast<float>(x); }  // exact
 
 #if defined(__AVX512F__)
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-inline __m512 load16(const at::BFloat16* p) {  // 16 bf16 as fp32: the bits shifted into the high half
-  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+inline __m512 load16(const at::BFloat16* p) {
+  return npu_serve_simd::widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 #endif
 
