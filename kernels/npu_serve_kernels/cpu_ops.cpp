@@ -100,6 +100,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("up"), py::call_guard<py::gil_scoped_release>());
   m.def("to_float", &npu_serve_fused::to_float, "x.to(torch.float32), bf16 on both cores", py::arg("x"),
         py::call_guard<py::gil_scoped_release>());
+  m.def("gate_up_silu", [](const Tensor& x, const std::shared_ptr<PackedWeight>& gate,
+                           const std::shared_ptr<PackedWeight>& up) -> OptTensor {
+    Tensor y = npu_serve_gemm::gate_up_silu(x, *gate, *up, npu_serve_fused::silu_table());
+    return y.defined() ? OptTensor(y) : c10::nullopt;
+  }, "silu(x @ gate.T) * (x @ up.T) in one AMX pass, with silu_mul's bits; None where it does not run",
+        py::arg("x"), py::arg("gate"), py::arg("up"), py::call_guard<py::gil_scoped_release>());
+  m.def("to_bf16", &npu_serve_fused::to_bf16, "x.to(torch.bfloat16) with c10's rounding, on both cores", py::arg("x"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm_sum_lanes", &npu_serve_decoder::rms_norm_sum_lanes,
         "the width of torch's sum rms_norm reproduces for rows of C values (8, 16), or 0: torch's mean",
         py::arg("C"), py::call_guard<py::gil_scoped_release>());

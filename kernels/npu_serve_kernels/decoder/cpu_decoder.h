@@ -274,6 +274,23 @@ class DecoderLayer {
     return attention_out_mlp(x, attn);
   }
 
+  // silu(gate_(h)) * up_(h): in one pass on the AMX tiles where both linears run there without a bias
+  // (npu_serve_gemm::gate_up_silu, the same bits), else the two linears and silu_mul.
+  Tensor swiglu(const Tensor& h, int64_t T) const {
+    if (gate_.runs_kernel(h) && up_.runs_kernel(h) && !(gate_.bias.has_value() && gate_.bias->defined()) &&
+        !(up_.bias.has_value() && up_.bias->defined())) {
+      const Tensor y = npu_serve_gemm::gate_up_silu(Linear::rows_of(h), *gate_.packed, *up_.packed,
+                                                    npu_serve_fused::silu_table());
+      if (y.defined()) return Linear::shaped_like(h, y);
+    }
+    const std::vector<Tensor> gate_up = linears(h, {&gate_, &up_});
+    const Tensor& gate = gate_up[0];
+    const Tensor& up = gate_up[1];
+    Tensor hidden = npu_serve_fused::silu_mul(gate, up);  // torch's silu and mul, from a table (cpu_fused.h)
+    if (!hidden.defined()) hidden = mul(at::silu(gate), up, T);
+    return hidden;
+  }
+
   // The rest of the layer after attention: o_proj, residual, post-attention norm, SwiGLU MLP, residual.
   // x: the layer's input [1, T, C]; attn: the backend's output [T, H, Dv].
   Tensor attention_out_mlp(const Tensor& x, const Tensor& attn) const {
@@ -285,12 +302,7 @@ class DecoderLayer {
     }
     const Tensor mid = add(x, o_(a), T);
     const Tensor h = rms_norm(mid, post_norm_, eps_);
-    const std::vector<Tensor> gate_up = linears(h, {&gate_, &up_});
-    const Tensor& gate = gate_up[0];
-    const Tensor& up = gate_up[1];
-    Tensor hidden = npu_serve_fused::silu_mul(gate, up);  // torch's silu and mul, from a table (cpu_fused.h)
-    if (!hidden.defined()) hidden = mul(at::silu(gate), up, T);
-    return add(mid, down_(hidden), T);
+    return add(mid, down_(swiglu(h, T)), T);
   }
 
  private:

@@ -72,13 +72,7 @@ struct Lanes<at::BFloat16> {
   static __m512 load(const at::BFloat16* p, __mmask16 m) {
     return npu_serve_simd::widen_bf16(_mm256_maskz_loadu_epi16(m, p));
   }
-  static __m256i bits(__m512 v) {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-    return _mm512_cvtepi32_epi16(r);
-  }
+  static __m256i bits(__m512 v) { return npu_serve_simd::narrow_bf16(v); }
   static void store(at::BFloat16* p, __mmask16 m, __m512 v) { _mm256_mask_storeu_epi16(p, m, bits(v)); }
   static __m512 round(__m512 v) {
     return npu_serve_simd::widen_bf16(bits(v));
@@ -433,6 +427,24 @@ inline Tensor to_float(const Tensor& x) {
 #else
   return x.to(at::kFloat);
 #endif
+}
+
+// x.to(torch.bfloat16) for a float32 tensor, rounded as c10::BFloat16 rounds (NaN -> 0x7FC0) by the
+// kernels' narrow_bf16 (cpu_simd.h): what the tests check that helper's fast path against.
+inline Tensor to_bf16(const Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "to_bf16: float32 input");
+#if NPU_SERVE_HAS_FUSED
+  if (fusable(x)) {
+    Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+    const float* src = x.data_ptr<float>();
+    at::BFloat16* dst = out.data_ptr<at::BFloat16>();
+    for_lanes(x.numel(), [&](int64_t i, __mmask16 m) {
+      Lanes<at::BFloat16>::store(dst + i, m, Lanes<float>::load(src + i, m));
+    });
+    return out;
+  }
+#endif
+  return x.to(at::kBFloat16);
 }
 
 // silu(gate) * up for two contiguous bf16 tensors of one shape, with torch's bits wherever the result is

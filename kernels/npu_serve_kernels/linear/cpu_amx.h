@@ -79,7 +79,7 @@ struct NoRows {
 };
 
 // One row block (x: its first row, ldx elements apart; two halves when kHalf1) x one or two blocks of
-// 16 outputs (w: the first block's packed data, wstride elements to the next) over K (a multiple of
+// 16 outputs (w0, w1: the blocks' packed data; w1 unread without kBlock1) over K (a multiple of
 // 32): the fp32 sums into c (row m, output j of the pair at c[m * ldc + j]; ldc a multiple of 16).
 // Beside it, rows(0) .. rows(num_rows - 1), a few each step of K: the caller's vector work on an earlier
 // block (cpu_gemm.h: its bias, rounding and stores). Why: the tile unit and the vector units run side
@@ -89,7 +89,7 @@ struct NoRows {
 // With `accumulate`, the sums start from what c holds (an earlier call over the inputs before these K)
 // instead of zero: TDPBF16PS adds to the fp32 tile it loads, so splitting K this way keeps the bits.
 template <bool kHalf1, bool kBlock1, typename Rows = NoRows>
-inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride, float* c,
+inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0, const uint16_t* w1, float* c,
                       int64_t ldc = 32, const Rows& rows = Rows{}, int64_t num_rows = 0, bool accumulate = false) {
   const int64_t per_step = (num_rows + K / kAmxK - 1) / std::max<int64_t>(K / kAmxK, 1);
   int64_t done = 0;
@@ -112,13 +112,13 @@ inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t*
   const int64_t xstride = ldx * 2;
   for (int64_t k = 0; k < K; k += kAmxK) {
     for (int64_t l = 0; l < 1024; l += 64) {  // the B tiles of a step ahead
-      _mm_prefetch(reinterpret_cast<const char*>(w + (k + kPrefetchK) * 16) + l, _MM_HINT_T0);
-      if constexpr (kBlock1) _mm_prefetch(reinterpret_cast<const char*>(w + wstride + (k + kPrefetchK) * 16) + l, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(w0 + (k + kPrefetchK) * 16) + l, _MM_HINT_T0);
+      if constexpr (kBlock1) _mm_prefetch(reinterpret_cast<const char*>(w1 + (k + kPrefetchK) * 16) + l, _MM_HINT_T0);
     }
     _tile_loadd(4, x + k, xstride);
-    _tile_loadd(6, w + k * 16, 64);  // pair k/2 of the block starts at (k/2) * 32 elements
+    _tile_loadd(6, w0 + k * 16, 64);  // pair k/2 of the block starts at (k/2) * 32 elements
     if constexpr (kHalf1) _tile_loadd(5, x + kAmxHalf * ldx + k, xstride);
-    if constexpr (kBlock1) _tile_loadd(7, w + wstride + k * 16, 64);
+    if constexpr (kBlock1) _tile_loadd(7, w1 + k * 16, 64);
     _tile_dpbf16ps(0, 4, 6);
     if constexpr (kBlock1) _tile_dpbf16ps(1, 4, 7);
     if constexpr (kHalf1) {
@@ -138,13 +138,13 @@ inline void amx_block(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t*
 
 // amx_block for a row block of more than 16 rows or not (`half1`) and two output blocks or one (`two`).
 template <typename Rows = NoRows>
-inline void amx_block_for(bool half1, bool two, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w,
-                          int64_t wstride, float* c, int64_t ldc = 32, const Rows& rows = Rows{},
+inline void amx_block_for(bool half1, bool two, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0,
+                          const uint16_t* w1, float* c, int64_t ldc = 32, const Rows& rows = Rows{},
                           int64_t num_rows = 0, bool accumulate = false) {
-  if (half1 && two) amx_block<true, true>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
-  else if (half1) amx_block<true, false>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
-  else if (two) amx_block<false, true>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
-  else amx_block<false, false>(x, ldx, K, w, wstride, c, ldc, rows, num_rows, accumulate);
+  if (half1 && two) amx_block<true, true>(x, ldx, K, w0, w1, c, ldc, rows, num_rows, accumulate);
+  else if (half1) amx_block<true, false>(x, ldx, K, w0, w1, c, ldc, rows, num_rows, accumulate);
+  else if (two) amx_block<false, true>(x, ldx, K, w0, w1, c, ldc, rows, num_rows, accumulate);
+  else amx_block<false, false>(x, ldx, K, w0, w1, c, ldc, rows, num_rows, accumulate);
 }
 
 #else

@@ -96,15 +96,8 @@ inline torch::Tensor pack(const torch::Tensor& w_in) {
 
 #if NPU_SERVE_HAS_BF16_GEMM
 
-// fp32 -> bf16, round to nearest even, NaN -> 0x7FC0: c10::BFloat16's rounding, 16 lanes at once.
-inline __m256i to_bf16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
-  return _mm512_cvtepi32_epi16(r);
-}
+// fp32 -> bf16 as c10::BFloat16 rounds (cpu_simd.h), 16 lanes at once.
+inline __m256i to_bf16(__m512 v) { return npu_serve_simd::narrow_bf16(v); }
 
 // Adds the bias (fp32) to MR x NV accumulators and stores them as bf16; `cols` is how many of the
 // NV x 16 outputs exist (the last group of a matrix may end inside its last block).
@@ -253,6 +246,10 @@ struct Task {
   const at::BFloat16* bias;
   at::BFloat16* y;
   int64_t panel, groups;  // rows per panel; output groups per panel (a task is one panel x one group)
+  // SwiGLU (gate_up_silu): w is the gate's packed data, w_up the up projection's (same N and K), act
+  // torch's silu of every bf16 value (cpu_fused.h's silu_table); y gets silu(x @ gate.T) * (x @ up.T).
+  const uint16_t* w_up = nullptr;
+  const uint16_t* act = nullptr;
 };
 
 // Runs every (panel, group) task of `t` on the pool with the MR x NV tiles of one variant; `row_bytes`
@@ -297,18 +294,60 @@ struct Finish {
   at::BFloat16* y = nullptr;
   int64_t ldy = 0;
   int64_t rows = 0;  // 0: nothing pending
+  bool stream = false;  // streaming stores (kStreamOutputBytes)
+  // SwiGLU (Task::act): c holds gate block b's sums beside up block b's, c1 (or null) block b + 1's;
+  // the 16 or 32 outputs are silu(gate) * up, rounded as the two linears and silu_mul round them.
+  const float* c1 = nullptr;
+  const uint16_t* act = nullptr;
 
   void operator()(int64_t m) const {
+    if (act != nullptr) {
+      const __m256i h0 = silu_mul_of(c + m * 32);
+      at::BFloat16* row = y + m * ldy;
+      if (c1 == nullptr) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(row), h0);
+        return;
+      }
+      store_line(row, _mm512_inserti64x4(_mm512_castsi256_si512(h0), silu_mul_of(c1 + m * 32), 1));
+      return;
+    }
     const __m512 acc[2] = {_mm512_load_ps(c + m * 32), _mm512_load_ps(c + m * 32 + 16)};
+    // A whole pair with no bias: both halves rounded by one VCVTNE2PS2BF16 and stored as one line
+    // (cpu_simd.h's narrow_bf16 says when that instruction is exact; otherwise store_tile's path).
+    if (cols == 2 * kLanes && bias == nullptr &&
+        (npu_serve_simd::bf16_convert_differs(acc[0]) | npu_serve_simd::bf16_convert_differs(acc[1])) == 0) {
+      store_line(y + m * ldy, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(acc[1], acc[0])));
+      return;
+    }
     store_tile<1, 2>(acc, bias, cols, y + m * ldy, ldy);
   }
+
+  // 32 outputs (64 bytes) of a row: streamed when asked and the row's line is aligned (it is where y is:
+  // torch's CPU allocations are 64-byte aligned, and N a multiple of 32), else an ordinary store.
+  void store_line(at::BFloat16* row, __m512i line) const {
+    if (stream && (reinterpret_cast<uintptr_t>(row) & 63) == 0) _mm512_stream_si512(reinterpret_cast<__m512i*>(row), line);
+    else _mm512_storeu_si512(row, line);
+  }
+
+  // 16 outputs of SwiGLU from one row's sums (16 of the gate, then 16 of the up projection): each linear's
+  // bf16 output as store_tile rounds it, then silu_mul's (cpu_fused.h) table lookup, product and rounding.
+  __m256i silu_mul_of(const float* sums) const {
+    const __m256i gate = npu_serve_simd::narrow_bf16(_mm512_load_ps(sums));
+    const __m512 up = npu_serve_simd::widen_bf16(npu_serve_simd::narrow_bf16(_mm512_load_ps(sums + 16)));
+    const __m512i got = _mm512_i32gather_epi32(_mm512_cvtepu16_epi32(gate), reinterpret_cast<const int*>(act), 2);
+    return npu_serve_simd::narrow_bf16(_mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(got, 16)), up));
+  }
 };
+
+// Output blocks of t per task: kAmxGroupBlocks, or half as many for SwiGLU, whose every block brings the
+// up projection's block with it (the same weights a task).
+inline int64_t amx_task_blocks(const Task& t) { return t.act != nullptr ? kAmxGroupBlocks / 2 : kAmxGroupBlocks; }
 
 // Sizes t's panels and output groups for the AMX tiles; returns its (panel, group) task count.
 inline int64_t amx_plan(Task& t) {
   t.panel = panel_rows(t.K * 2, kAmxRows);
-  const int64_t blocks = (t.N + kLanes - 1) / kLanes;
-  t.groups = (blocks + kAmxGroupBlocks - 1) / kAmxGroupBlocks;
+  const int64_t blocks = (t.N + kLanes - 1) / kLanes, per_task = amx_task_blocks(t);
+  t.groups = (blocks + per_task - 1) / per_task;
   return (t.M + t.panel - 1) / t.panel * t.groups;
 }
 
@@ -335,21 +374,35 @@ inline int64_t amx_k_chunk(int64_t K, int64_t rows) {
   return K;  // unreachable: K is a multiple of kAmxK
 }
 
+// Outputs of at least this many bytes are written with streaming stores (no read for ownership) where
+// Finish's one-line path applies. Why: at prefill sizes each output line missed the core's caches (a
+// layer's outputs at 512 rows, ~8 MiB, are more than the two L2s hold) and was read from memory before
+// being written; those reads stalled the tile loads beside them. A step's linears at 512 rows
+// (scripts/bench_cpu_gemv.py --threads 2 --no-lm-head, alternated): 70.1-71.2 -> 60.5-61.8 ms (with the
+// stores sent to one L1 line instead: 54.5-54.8, the bound); a 512-token prefill step 142-145 -> 134-136
+// ms, the same with every output streamed. Smaller outputs (a decode batch's) are read again while
+// still in cache, and keep ordinary stores.
+inline constexpr int64_t kStreamOutputBytes = int64_t{1} << 20;
+
 // Task i of `t` (planned by amx_plan) with the AMX tiles (cpu_amx.h); K is a multiple of 32.
 inline void amx_task(const Task& t, int64_t i) {
   const int64_t blocks = (t.N + kLanes - 1) / kLanes;
-  const int64_t b0 = i % t.groups * kAmxGroupBlocks, b_end = std::min(blocks, b0 + kAmxGroupBlocks);
+  const bool swiglu = t.act != nullptr;
+  const int64_t per_task = amx_task_blocks(t), step = swiglu ? 1 : 2;  // output blocks an amx_block call
+  const int64_t b0 = i % t.groups * per_task, b_end = std::min(blocks, b0 + per_task);
   const int64_t m_begin = i / t.groups * t.panel, m_end = std::min(t.M, m_begin + t.panel);
   const int64_t kc = amx_k_chunk(t.K, m_end - m_begin);
-  // One fp32 sums buffer per (row block, block pair) of the task, kept across its K chunks; with one chunk
-  // only two, used in turn. A block's epilogue (bias, rounding, stores: `Finish`) runs row by row inside
-  // the next block's K loop (amx_block says why), in the last chunk.
-  const int64_t pairs = (b_end - b0 + 1) / 2, row_blocks = (m_end - m_begin + kAmxRows - 1) / kAmxRows;
+  // One fp32 sums buffer per (row block, amx_block call) of the task, kept across its K chunks; with one
+  // chunk only two, used in turn. A call's epilogue (bias, rounding, stores: `Finish`) runs row by row
+  // inside the next call's K loop (amx_block says why), in the last chunk; for SwiGLU once a row block's
+  // (at most two) gate blocks are done, so that a row's 32 outputs go out as one line.
+  const int64_t pairs = (b_end - b0 + step - 1) / step, row_blocks = (m_end - m_begin + kAmxRows - 1) / kAmxRows;
   const int64_t buffers = kc == t.K ? 2 : row_blocks * pairs;
   thread_local std::vector<float> sums_storage;
   if (static_cast<int64_t>(sums_storage.size()) < buffers * kAmxRows * 32 + 16)
     sums_storage.resize(buffers * kAmxRows * 32 + 16);
   float* sums = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(sums_storage.data()) + 63) & ~uintptr_t{63});
+  const bool stream = t.M * t.N * 2 >= kStreamOutputBytes;
   int64_t next = 0;  // the buffer the next block fills (one chunk)
   Finish pending;
   int configured = 0;  // the row count the loaded tile configuration is for
@@ -363,21 +416,32 @@ inline void amx_task(const Task& t, int64_t i) {
         configured = mr;
       }
       const uint16_t* x = t.x + m0 * t.ldx + k0;
-      for (int64_t b = b0; b < b_end; b += 2) {
-        float* c = sums + (kc == t.K ? next : rb * pairs + (b - b0) / 2) * (kAmxRows * 32);
-        amx_block_for(mr > kAmxHalf, b + 1 < b_end, x, t.ldx, kc, t.w + b * t.wstride + k0 * 16, t.wstride, c, 32,
-                      pending, pending.rows, k0 > 0);
+      const float* first = nullptr;  // SwiGLU: the row block's first gate block's sums
+      for (int64_t b = b0; b < b_end; b += step) {
+        float* c = sums + (kc == t.K ? next : rb * pairs + (b - b0) / step) * (kAmxRows * 32);
+        const uint16_t* w = t.w + b * t.wstride + k0 * 16;
+        amx_block_for(mr > kAmxHalf, swiglu || b + 1 < b_end, x, t.ldx, kc, w,
+                      swiglu ? t.w_up + b * t.wstride + k0 * 16 : w + t.wstride, c, 32, pending, pending.rows, k0 > 0);
         pending.rows = 0;
-        if (last) {
+        if (last && swiglu) {
+          if (b + 1 < b_end && first == nullptr) {
+            first = c;
+          } else {
+            const int64_t n0 = (first != nullptr ? b - 1 : b) * kLanes;
+            pending = Finish{first != nullptr ? first : c, nullptr, 0, t.y + m0 * t.N + n0, t.N, mr, stream,
+                             first != nullptr ? c : nullptr, t.act};
+          }
+        } else if (last) {
           const int64_t n0 = b * kLanes;
           pending = Finish{c, t.bias != nullptr ? t.bias + n0 : nullptr, std::min<int64_t>(2 * kLanes, t.N - n0),
-                           t.y + m0 * t.N + n0, t.N, mr};
+                           t.y + m0 * t.N + n0, t.N, mr, stream};
         }
         next ^= 1;
       }
     }
   }
   for (int64_t m = 0; m < pending.rows; ++m) pending(m);
+  if (stream) _mm_sfence();  // streaming stores are weakly ordered: done before the pool's barrier
   if (configured) _tile_release();
 }
 
@@ -586,6 +650,35 @@ inline std::vector<torch::Tensor> linear_many(const torch::Tensor& x, const std:
 #endif
   for (size_t j = 0; j < ws.size(); ++j) ys.push_back((*ws[j])(x, biases[j]));
   return ys;
+}
+
+// SwiGLU's first half in one pass: silu(x @ gate.T) * (x @ up.T) for x [M, K] (bf16, rows contiguous) and
+// two packed weights of one shape with no bias, `act` torch's silu of every bf16 value (cpu_fused.h's
+// silu_table). The same bits as linear() of each and silu_mul of the two, by construction: each output
+// is rounded as the linear rounds it, then looked up, multiplied and rounded as silu_mul does. Only on
+// the AMX tiles, where linear() itself would run them, and for N a multiple of 16; else an undefined
+// tensor (the caller runs the two linears and silu_mul). Why: at prefill sizes the two outputs (2 x 1.5
+// MiB a layer at 512 rows for SmolLM2) went to memory and silu_mul read them back; this writes one
+// output of half their size, and a decode step has one pool region less a layer.
+inline torch::Tensor gate_up_silu(const torch::Tensor& x, const PackedWeight& gate, const PackedWeight& up,
+                                  const uint16_t* act) {
+#if NPU_SERVE_HAS_BF16_GEMM && NPU_SERVE_HAS_AMX
+  const int64_t N = gate.out_features, K = gate.in_features;
+  if (act == nullptr || up.out_features != N || up.in_features != K || N % kLanes != 0 || x.dim() != 2 ||
+      x.size(0) == 0 || variant_for(x.size(0), K) != kAmx)
+    return torch::Tensor();
+  check_linear(x, gate.data, N, K, c10::nullopt);
+  check_linear(x, up.data, N, K, c10::nullopt);
+  auto y = torch::empty({x.size(0), N}, x.options());
+  Task t = make_task(x, gate.data, N, nullptr, y);
+  t.w_up = reinterpret_cast<const uint16_t*>(up.data.data_ptr<at::BFloat16>());
+  t.act = act;
+  run_amx_tasks(&t, 1);
+  return y;
+#else
+  (void)x, (void)gate, (void)up, (void)act;
+  return torch::Tensor();
+#endif
 }
 
 }  // namespace npu_serve_gemm

@@ -149,7 +149,7 @@ struct Prefill {
     const uint16_t* kh = kp + g * Lpad * D;
     for (int64_t k0 = 0; k0 < keys; k0 += 32) {
       const uint16_t* w = kh + (k0 / 16) * D * 16;
-      npu_serve_gemm::amx_block_for(half1, true, qh, q_row, D, w, D * 16, s + k0, keys);
+      npu_serve_gemm::amx_block_for(half1, true, qh, q_row, D, w, w + D * 16, s + k0, keys);
     }
     // Softmax numerators over each row's visible keys, as bf16 (zeros after them), and their sums.
     for (int64_t m = 0; m < mr; ++m) {
@@ -174,7 +174,7 @@ struct Prefill {
     const uint16_t* vh = vp + g * Dv * Lpad;
     for (int64_t d0 = 0; d0 < Dv; d0 += 32) {
       const uint16_t* w = vh + (d0 / 16) * Lpad * 16;
-      npu_serve_gemm::amx_block_for(half1, d0 + 16 < Dv, p, keys, keys, w, Lpad * 16, sc.c);
+      npu_serve_gemm::amx_block_for(half1, d0 + 16 < Dv, p, keys, keys, w, w + Lpad * 16, sc.c);
       const int64_t cols = std::min<int64_t>(32, Dv - d0);
       for (int64_t m = 0; m < mr; ++m) {
         const __m512 total = _mm512_set1_ps(sc.sum[m]);
