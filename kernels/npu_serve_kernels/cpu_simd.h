@@ -28,7 +28,7 @@ inline __m256i narrow_bf16_exact(__m512 v) {
 #if defined(__AVX512BF16__)
 // Lanes where VCVTNEPS2BF16 and c10::BFloat16 differ: NaNs (the instruction keeps a NaN's sign and
 // payload) and denormals (it flushes them to zero). Over all 2^32 floats these are the only ones
-// (checked once with a C++ loop; tests/worker/test_cpu_fused.py checks the boundaries on every run).
+// (checked once with a C++ loop; tests/worker/test_cpu_to_bf16.py checks the boundaries on every run).
 inline __mmask16 bf16_convert_differs(__m512 v) {
   return _mm512_fpclass_ps_mask(v, 0x01 | 0x20 | 0x80);  // QNaN | denormal | SNaN
 }

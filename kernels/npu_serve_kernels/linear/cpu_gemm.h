@@ -96,9 +96,6 @@ inline torch::Tensor pack(const torch::Tensor& w_in) {
 
 #if NPU_SERVE_HAS_BF16_GEMM
 
-// fp32 -> bf16 as c10::BFloat16 rounds (cpu_simd.h), 16 lanes at once.
-inline __m256i to_bf16(__m512 v) { return npu_serve_simd::narrow_bf16(v); }
-
 // Adds the bias (fp32) to MR x NV accumulators and stores them as bf16; `cols` is how many of the
 // NV x 16 outputs exist (the last group of a matrix may end inside its last block).
 template <int MR, int NV>
@@ -113,7 +110,7 @@ inline void store_tile(const __m512* acc, const at::BFloat16* bias, int64_t cols
     }
     for (int m = 0; m < MR; ++m) {
       const __m512 r = bias != nullptr ? _mm512_add_ps(acc[m * NV + v], b) : acc[m * NV + v];
-      _mm256_mask_storeu_epi16(y + m * ldy + v * kLanes, mask, to_bf16(r));
+      _mm256_mask_storeu_epi16(y + m * ldy + v * kLanes, mask, npu_serve_simd::narrow_bf16(r));
     }
   }
 }

@@ -34,6 +34,7 @@
 #include <torch/extension.h>
 
 #include "../cpu_pool.h"
+#include "../cpu_simd.h"
 #include "../linear/cpu_gemm.h"
 #include "cpu_decode.h"
 
@@ -166,7 +167,7 @@ struct Prefill {
         const __mmask16 mask = npu_serve_simd::lanes_left(visible - j);
         const __m512 e = _mm512_maskz_mov_ps(mask, exp_nonpos16(_mm512_fmsub_ps(_mm512_loadu_ps(row + j), vscale, shift)));
         sum = _mm512_add_ps(sum, e);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(prow + j), npu_serve_gemm::to_bf16(e));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(prow + j), npu_serve_simd::narrow_bf16(e));
       }
       sc.sum[m] = _mm512_reduce_add_ps(sum);
     }
@@ -180,7 +181,7 @@ struct Prefill {
         const __m512 total = _mm512_set1_ps(sc.sum[m]);
         at::BFloat16* y = out + ((r0 + m) * H + h) * Dv + d0;
         for (int64_t j = 0; j < cols; j += 16) {
-          const __m256i v = npu_serve_gemm::to_bf16(_mm512_div_ps(_mm512_load_ps(sc.c + m * 32 + j), total));
+          const __m256i v = npu_serve_simd::narrow_bf16(_mm512_div_ps(_mm512_load_ps(sc.c + m * 32 + j), total));
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + j), v);
         }
       }
