@@ -56,6 +56,11 @@ class _Mailbox:
         return item
 
 
+def _put_all(items: list[tuple[_Mailbox, RequestOutput]]) -> None:  # on the event loop
+    for box, out in items:
+        box.put(out)
+
+
 @engine_options
 class AsyncEngine:
     def __init__(self, model: str | None = None, **engine_kwargs):
@@ -235,9 +240,14 @@ class AsyncEngine:
     def _publish(self, outputs: list[RequestOutput]) -> None:
         with self._lock:
             targets = [(self._mailboxes.get(o.request_id), o) for o in outputs]
+        # One wake-up of each event loop per step, not one per request: each call_soon_threadsafe
+        # writes to the loop's self-pipe and queues a callback, 32 of them a step at c=32.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Mailbox, RequestOutput]]] = {}
         for box, out in targets:
             if box is not None:
-                try:
-                    box.loop.call_soon_threadsafe(box.put, out)
-                except RuntimeError:  # that event loop is closed: nobody is listening any more
-                    pass
+                by_loop.setdefault(box.loop, []).append((box, out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                pass
