@@ -7,6 +7,7 @@ of it that holds no half character and no piece of a stop string.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -310,3 +311,37 @@ def test_property_random_text_and_stops(tok, prompt_ids, data, text, include):
             # is safe to show (text "00" with stop "0?" shows the first "0").
             known = tok.decode(ids[: step + 1]).rstrip(REPLACEMENT)
             assert s == final or not any(_may_complete(s, known, stop) for stop in stops), (s, known, stops)
+
+
+def test_backend_decode_is_the_tokenizers_decode_and_gives_its_text(tok):
+    """The shortcut past transformers' decode wrapper is taken for SmolLM2's tokenizer, and gives the
+    wrapper's text for any ids (special ones included), with and without skip_special_tokens."""
+    from npu_serve.engine.detokenizer import _backend_decode
+
+    fast = _backend_decode(tok)
+    assert fast is not None and fast == tok._tokenizer.decode
+    rng = random.Random(3)
+    specials = list(tok.all_special_ids)
+    for _ in range(200):
+        ids = [rng.choice(specials) if rng.random() < 0.2 else rng.randrange(len(tok)) for _ in range(rng.randint(0, 12))]
+        for skip in (True, False):
+            want = tok.decode(ids, skip_special_tokens=skip, spaces_between_special_tokens=True,
+                              clean_up_tokenization_spaces=False)
+            assert fast(ids, skip_special_tokens=skip) == want, ids
+
+
+def test_a_tokenizer_with_its_own_decode_keeps_it(tok):
+    """A subclass that overrides _decode (some model tokenizers do) is never bypassed."""
+    from npu_serve.engine.detokenizer import _backend_decode
+
+    class Shouting(type(tok)):
+        def _decode(self, token_ids, **kwargs):
+            return super()._decode(token_ids, **kwargs).upper()
+
+    loud = copy.copy(tok)
+    loud.__class__ = Shouting
+    assert _backend_decode(loud) is None
+    ids = tok.encode("hello there", add_special_tokens=False)
+    detok = IncrementalDetokenizer(loud, [], SamplingParams())
+    detok.update(ids)
+    assert detok.text(True) == "HELLO THERE"
