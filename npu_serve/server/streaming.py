@@ -164,9 +164,11 @@ class _SSE(StreamingResponse):
             watching.cancel()
             if not streaming.done():
                 streaming.cancel()
-            await asyncio.gather(streaming, watching, return_exceptions=True)
-            if self._on_close is not None:
-                self._on_close()
+            try:
+                await asyncio.gather(streaming, watching, return_exceptions=True)
+            finally:  # also when this task is cancelled again while the body closes (shutdown)
+                if self._on_close is not None:
+                    self._on_close()
         if not streaming.cancelled() and streaming.exception() is not None:
             raise streaming.exception()
 

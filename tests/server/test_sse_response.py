@@ -145,3 +145,35 @@ def test_client_gone_during_a_send_closes_the_suspended_generator():
     seen = {}
     run(sse_response(gen, on_close=None), client, after=lambda: seen.update(state))
     assert seen["finally"]
+
+
+def test_cancelled_twice_while_closing_still_closes():
+    """The server cancels the response (shutdown) and cancels again while the body is still closing:
+    `on_close` runs anyway (it ends the request's bookkeeping)."""
+    closed = []
+    closing = asyncio.Event()
+
+    async def events():
+        try:
+            yield "first"
+            await asyncio.sleep(3600)
+            yield "never"
+        finally:
+            closing.set()
+            await asyncio.sleep(3600)  # a slow cleanup
+
+    client = Client()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(sse_response(events(), on_close=lambda: closed.append(True))(
+            {"type": "http"}, client.receive, client.send))
+        while not client.bodies():
+            await asyncio.sleep(0)
+        task.cancel()
+        await closing.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert closed == [True]
