@@ -33,18 +33,17 @@ class ClientDisconnected(Exception):
     """The client went away before the answer was ready; nothing is left to send."""
 
 
+async def _disconnected(receive: Any) -> None:
+    """Returns when the ASGI receive channel says `http.disconnect` (the body already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
     """Await `awaitable` unless the client disconnects first (then cancel it and raise
     ClientDisconnected). The request body must already have been read."""
     work = asyncio.ensure_future(awaitable)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                return
-
-    watcher = asyncio.ensure_future(watch())
+    watcher = asyncio.ensure_future(_disconnected(request.receive))
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -135,11 +134,6 @@ def _event_bytes(data: str) -> bytes:
     return b"data: " + data.encode() + b"\n\n"
 
 
-async def _until_disconnect(receive: Any) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 class _SSE(StreamingResponse):
     """A stream of SSE events that stops when the client goes away, then runs `on_close` (however the
     response ended: a client gone before the first chunk cancels the body before the generator ever
@@ -157,7 +151,7 @@ class _SSE(StreamingResponse):
 
     async def __call__(self, scope, receive, send) -> None:
         streaming = asyncio.ensure_future(self._stream(send))
-        watching = asyncio.ensure_future(_until_disconnect(receive))
+        watching = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait((streaming, watching), return_when=asyncio.FIRST_COMPLETED)
         finally:
