@@ -3,6 +3,7 @@
 // Each kernel, and its reasons, lives in its header; this file is only their Python bindings.
 
 #include "decoder/cpu_decoder.h"
+#include "decoder/cpu_step_inputs.h"
 #include "linear/cpu_gemm.h"
 #include "paged_attention/cpu_decode.h"
 #include "paged_attention/cpu_prefill.h"
@@ -93,6 +94,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("h"), py::arg("cos"), py::arg("sin"), py::arg("key_caches"), py::arg("value_caches"),
         py::arg("slot_mapping"), py::arg("block_tables"), py::arg("seq_lens"), py::arg("scales"),
         py::arg("windows"), py::arg("softcaps"), py::call_guard<py::gil_scoped_release>());
+  m.def("step_inputs", &npu_serve_decoder::step_inputs,
+        "(embedding rows of input_ids, cos rows, sin rows of positions), each [1, T, width], by row copies",
+        py::arg("input_ids"), py::arg("positions"), py::arg("embedding"), py::arg("cos"), py::arg("sin"),
+        py::call_guard<py::gil_scoped_release>());
   m.def("silu_mul", [](const Tensor& gate, const Tensor& up) -> OptTensor {
     Tensor out = npu_serve_fused::silu_mul(gate, up);
     return out.defined() ? OptTensor(out) : c10::nullopt;

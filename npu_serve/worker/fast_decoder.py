@@ -17,7 +17,8 @@ and a decode through both forwards and compares them with torch.equal (`ModelRun
 logs why. So does anything this module does not recognise: another family, forward hooks (tensor
 parallelism installs them), sharded parameters.
 
-The embedding and the rotary tables stay transformers' modules (once per step, not per layer).
+The embedding and the rotary module run once per step, not per layer; where step_inputs.py shows that
+lookups give their bits, a step's embeddings and cos/sin are row lookups instead (StepInputs).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import logging
 import torch
 
 from npu_serve.attention.backend import AttentionLayer
+from npu_serve.worker import step_inputs
 from npu_serve.worker.forward_context import ForwardContext
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class FastDecoder:
         base = model.model
         self._embed = base.embed_tokens
         self._rotary = base.rotary_emb
+        self._inputs = step_inputs.build(self._embed, self._rotary, ext)
         self._rms_norm = ext.rms_norm
         self._norm_weight, self._norm_eps = base.norm.weight, float(base.norm.variance_epsilon)
 
@@ -115,9 +118,14 @@ class FastDecoder:
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """The decoder's output [1, T, C] (after the final norm), as `model.get_decoder()(...)` returns it."""
-        h = self._embed(input_ids)
-        cos, sin = self._rotary(h, position_ids=positions)
         backend, meta, caches, facts = ctx.backend, ctx.meta, ctx.kv_caches, ctx.layers
+        # The positions are 0 .. seq_len - 1 of each request (the model runner's _prepare).
+        rows = None if self._inputs is None else self._inputs.rows(input_ids, positions, max(meta.seq_lens_cpu) - 1)
+        if rows is not None:
+            h, cos, sin = rows
+        else:
+            h = self._embed(input_ids)
+            cos, sin = self._rotary(h, position_ids=positions)
         if _runs_cpu_decode_kernel(backend):
             slots, tables, lens = meta.slot_mapping, meta.block_tables, meta.seq_lens
             if meta.num_decodes == meta.num_reqs:

@@ -109,6 +109,10 @@ def test_every_step_equals_transformers_forward(name, dtype, tok, tmp_path, monk
     # Steps with prompt tokens run DecoderLayer.step_layer where every layer is plain causal attention,
     # the backend's Python attention where a layer has a window.
     assert llm.engine.executor.fast._plain == (name not in ("mistral_window", "qwen2_window"))
+    # A step's embeddings and cos/sin come from row lookups (step_inputs.py) where the rotary width allows.
+    fast = llm.engine.executor.fast
+    assert (fast._inputs is not None) == ((2 * fast._rotary.inv_freq.numel()) % 32 == 0)
+    assert fast._inputs is not None or name != "llama_hd64"
     ids = corpus_ids(tok, 400)
     prefix = ids[:40]
     prompts = [prefix + ids[40 + 9 * i : 40 + 9 * i + 3 + 7 * i] for i in range(6)] + [ids[300:302]]
