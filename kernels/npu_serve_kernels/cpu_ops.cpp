@@ -77,7 +77,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              return Linear{std::move(weight), std::move(bias), std::move(packed), gemm_rows};
            }),
            py::arg("weight"), py::arg("bias"), py::arg("packed"), py::arg("gemm_rows"))
-      .def("__call__", &Linear::operator(), py::call_guard<py::gil_scoped_release>());
+      .def("__call__", &Linear::operator(), py::call_guard<py::gil_scoped_release>())
+      .def("with_argmax", [](const Linear& l, const Tensor& x) -> std::tuple<Tensor, OptTensor> {
+             auto [y, ids] = l.with_argmax(x);
+             return {y, ids.defined() ? OptTensor(ids) : c10::nullopt};
+           }, "(this linear of x, its output's argmax over the last dimension or None where the AMX tiles do "
+           "not run it)", py::arg("x"), py::call_guard<py::gil_scoped_release>());
   py::class_<DecoderLayer>(m, "DecoderLayer")
       .def(py::init<Tensor, Tensor, double, Linear, Linear, Linear, Linear, Linear, Linear, Linear, OptTensor,
                     OptTensor, double, int64_t, int64_t, int64_t, int64_t>(),

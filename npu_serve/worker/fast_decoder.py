@@ -152,6 +152,12 @@ class FastDecoder:
         logits_to_keep=keep."""
         return self._lm_head(self.hidden_states(input_ids, positions, ctx)[:, keep, :])
 
+    def logits_argmax(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext,
+                      keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`logits(...)`, and each kept row's argmax (int64 [len(keep)], `logits.argmax(-1)`) where lm_head's
+        kernel computes it beside the logits (cpu_gemm.h's linear_argmax), else None."""
+        return self._lm_head.with_argmax(self.hidden_states(input_ids, positions, ctx)[:, keep, :])
+
 
 def _runs_cpu_decode_kernel(backend) -> bool:
     """Whether `backend` computes decodes with the CPU paged-decode kernel (what decode_layer inlines)."""

@@ -54,6 +54,8 @@ class ModelRunner:
         self.kv_caches = allocate_kv_caches(spec, num_blocks, device)
         self._generators: dict[str, torch.Generator] = {}
         self._ranked_params: dict[str, SamplingParams] = {}  # best_of > n: params that ask for logprobs
+        # (logits, their argmax or None) of the last forward, when lm_head's kernel computed the argmax.
+        self._argmax_of: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self.fast: FastDecoder | None = None
         self._dry_run()
         if fast is not None:
@@ -211,7 +213,10 @@ class ModelRunner:
                 return None
             keep = torch.tensor(keep_idx, dtype=torch.long, device=self.device)
             if fast is not None:
-                return fast.logits(input_ids, positions, ctx, keep)[0]
+                logits, argmax = fast.logits_argmax(input_ids, positions, ctx, keep)
+                logits = logits[0]
+                self._argmax_of = (logits, argmax)  # for sample(), which gets these logits next
+                return logits
             return self.model(input_ids=input_ids, position_ids=positions, use_cache=False,
                               logits_to_keep=keep).logits[0]
 
@@ -222,10 +227,13 @@ class ModelRunner:
             self._generators.pop(rid, None)
             self._ranked_params.pop(rid, None)
         out = RunnerOutput()
+        # The argmax lm_head's kernel computed beside these logits (forward), if it did: greedy rows take it.
+        (of, argmax), self._argmax_of = self._argmax_of, (None, None)
         if logits is None:
             return out
         sampled = [s for s in so.scheduled if s.sample]
-        self._sample([so.sampling[s.request_id] for s in sampled], logits[: len(sampled)], out)
+        argmax = argmax[: len(sampled)] if of is logits and argmax is not None else None
+        self._sample([so.sampling[s.request_id] for s in sampled], logits[: len(sampled)], out, argmax)
         offset = len(sampled)
         for s in so.scheduled:
             if not s.prompt_logprob_rows:
@@ -246,9 +254,11 @@ class ModelRunner:
             key_cache[dst] = key_cache[src]
             value_cache[dst] = value_cache[src]
 
-    def _sample(self, leaders: list[SamplingRequest], logits: torch.Tensor, out: RunnerOutput) -> None:
+    def _sample(self, leaders: list[SamplingRequest], logits: torch.Tensor, out: RunnerOutput,
+                argmax: torch.Tensor | None = None) -> None:
         """Sampled tokens (one per request, plus one per follower forking off a leader's prompt, drawn
-        from the leader's logits row) and beam candidates, into `out`. `leaders[i]` owns row i."""
+        from the leader's logits row) and beam candidates, into `out`. `leaders[i]` owns row i; `argmax`
+        (or None) is `logits.argmax(-1)`, already computed."""
         reqs, row_of = [], []
         beam = []
         for row, lead in enumerate(leaders):
@@ -263,7 +273,8 @@ class ModelRunner:
                 rows = logits  # the common case: one row per request, in order
             else:
                 rows = logits.index_select(0, torch.tensor(row_of, dtype=torch.long, device=logits.device))
-            result = self.sampler(rows, [self._row(r) for r in reqs])
+                argmax = None
+            result = self.sampler(rows, [self._row(r) for r in reqs], argmax)
             for req, token, lp in zip(reqs, result.token_ids, result.logprobs):
                 out.sampled[req.request_id] = token
                 if lp is not None:

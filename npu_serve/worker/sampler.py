@@ -67,7 +67,10 @@ class Sampler:
         self._argmax = argmax or _torch_argmax
         self.to_float = to_float or _torch_float
 
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow],
+                 argmax: torch.Tensor | None = None) -> SamplerOutput:
+        """`argmax`: `logits.argmax(-1)` where the caller has it already (lm_head's kernel computes it
+        beside the logits), used where every row is plain greedy."""
         if logits.dim() != 2 or logits.shape[0] != len(rows):
             raise ValueError(f"logits must be [len(rows)={len(rows)}, V], got {tuple(logits.shape)}")
         if not rows:
@@ -75,6 +78,8 @@ class Sampler:
         if needs_processing(rows):
             logits = self.to_float(logits)
             token_ids = self._pick(process_logits(logits, rows), rows)
+        elif argmax is not None and argmax.shape == logits.shape[:1]:
+            token_ids = argmax
         else:
             token_ids = self._argmax(logits)  # the model's dtype is fine (module docstring)
         return SamplerOutput(token_ids.tolist(), self._logprobs(logits, token_ids, rows))

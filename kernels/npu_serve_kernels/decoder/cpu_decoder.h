@@ -82,6 +82,17 @@ struct Linear {
     return at::linear(x, weight, bias);
   }
 
+  // (this linear of x, torch.argmax of its output over the last dimension, int64 [rows]) where the kernel's
+  // AMX tiles run it (npu_serve_gemm::linear_argmax); else the output and an undefined tensor.
+  std::tuple<Tensor, Tensor> with_argmax(const Tensor& x) const {
+    if (runs_kernel(x)) {
+      auto [y, ids] = npu_serve_gemm::linear_argmax(rows_of(x), packed->data, packed->out_features,
+                                                    packed->in_features, bias);
+      return {shaped_like(x, y), ids};
+    }
+    return {at::linear(x, weight, bias), Tensor()};
+  }
+
   // x as the kernel takes it: [rows, k] with contiguous rows.
   static Tensor rows_of(const Tensor& x) {
     const int64_t k = x.size(-1);
