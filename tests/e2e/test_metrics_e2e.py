@@ -18,6 +18,7 @@ import requests
 
 from tests.e2e.conftest import LiveServer, sse_lines
 from tests.e2e.ops_util import metric, scrape
+from tests.executor_wrapper import ExecutorWrapper
 
 BLOCK = 16
 NUM_BLOCKS = 24  # 23 usable: 368 tokens
@@ -122,6 +123,21 @@ def test_prefix_cache_queries_and_hits_on_a_shared_prefix(pool_server):
     assert delta(before, after, "npu_serve:prefix_cache_hits_total") == 64
 
 
+class GatedExecutor(ExecutorWrapper):
+    """The real executor, whose first step waits (up to 60 s) until `ready()` holds."""
+
+    def __init__(self, real, ready):
+        super().__init__(real)
+        self.ready, self.opened = ready, False
+
+    def execute(self, so):
+        deadline = time.monotonic() + 60
+        while not self.opened and not self.ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.opened = True
+        return self.real.execute(so)
+
+
 def test_preemptions_with_a_tiny_pool_and_answers_unchanged(pool_server):
     prompts = [[2000 + 100 * i + j for j in range(40)] for i in range(4)]  # 4 x (40 + 50) tokens > 368
     alone = [completion(pool_server, prompt=p, max_tokens=50)["choices"][0]["text"] for p in prompts]
@@ -131,11 +147,20 @@ def test_preemptions_with_a_tiny_pool_and_answers_unchanged(pool_server):
     def run(i):
         results[i] = completion(pool_server, prompt=prompts[i], max_tokens=50)["choices"][0]["text"]
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    # The four must be in the engine together, however slowly the client threads start on a loaded
+    # machine (a tiny model's request can finish before the next one arrives): the first step
+    # waits until the engine counts all four.
+    engine = pool_server.engine
+    real = engine.core.executor
+    engine.core.executor = GatedExecutor(real, lambda: engine.stats().waiting + engine.stats().running >= 4)
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        engine.core.executor = real
     after = scrape(pool_server)
     assert delta(before, after, "npu_serve:num_preemptions_total") > 0
     assert results == alone
