@@ -10,16 +10,9 @@ import torch
 from npu_serve_kernels.decoder import cpu as decoder_kernels
 from npu_serve_kernels.linear import cpu as gemv
 
-pytestmark = pytest.mark.skipif(not (decoder_kernels.available() and gemv.available() and gemv.amx_available()),
-                                reason="no AMX tiles here (the fused pass runs only on them)")
+from tests.worker.amx import amx, needs_tiles  # noqa: F401  (amx: a fixture)
 
-
-@pytest.fixture
-def amx():
-    before = gemv.variant()
-    gemv.set_variant("amx")
-    yield
-    gemv.set_variant(before)
+pytestmark = needs_tiles
 
 
 def _two_passes(x, gate, up):
