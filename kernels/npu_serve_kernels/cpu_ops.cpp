@@ -61,7 +61,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                             int64_t seq_len, double scale) -> OptTensor {
           Tensor out = npu_serve_prefill::paged_prefill(q, k_cache, v_cache, block_table, seq_len, scale);
           return out.defined() ? OptTensor(out) : c10::nullopt;
-        }, "Causal prefill attention of a request's last n tokens over its paged cache (CPU, bf16, AMX)",
+        }, "Causal prefill attention of a request's last n tokens over its paged cache (CPU, bf16: AMX tiles or VDPBF16PS)",
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("block_table"), py::arg("seq_len"),
         py::arg("scale"), py::call_guard<py::gil_scoped_release>());
 

@@ -1,4 +1,4 @@
-"""The CPU backend: our C++ kernels for decodes and, in bf16 where the CPU has AMX, for prefills;
+"""The CPU backend: our C++ kernels for decodes and, in bf16 where the CPU has AVX512-BF16, for prefills;
 the torch reference for the rest.
 
 Decode attention on CPU is bound by memory traffic. The torch path gathers each request's blocks
@@ -9,9 +9,10 @@ share it. Measured per layer (64 decodes, contexts 32-640, SmolLM2 heads, bf16):
 (scripts/bench_cpu_decode.py). If the kernel cannot be built here (no compiler, no ninja), this
 backend logs it once and behaves exactly like the torch reference.
 
-Prefills of plain layers (no window, softcap or sinks) in bf16 go to the AMX prefill kernel
-(kernels/npu_serve_kernels/paged_attention/cpu_prefill.h) where it runs: torch's flash attention was
-~19% of a 512-token prefill step, and 2-3x slower at lengths off its block sizes. The C++ decoder
+Prefills of plain layers (no window, softcap or sinks) in bf16 go to the prefill kernel
+(kernels/npu_serve_kernels/paged_attention/cpu_prefill.h; AMX tiles where they run, else VDPBF16PS)
+where it runs: torch's flash attention was ~19% of a 512-token prefill step (an AMX Xeon), and 2-3x
+slower at lengths off its block sizes; ~16% of the c=32 benchmark on a Zen 5 EPYC without AMX. The C++ decoder
 layer calls the same kernel, so both paths give the same bits. fp32 keeps torch's SDPA, whose bits
 the exactness tests compare with transformers' generate().
 """

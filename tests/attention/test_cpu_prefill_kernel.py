@@ -1,4 +1,4 @@
-"""The C++ CPU prefill kernel (AMX, bf16) against a float64 gather + causal softmax reference, its
+"""The C++ CPU prefill kernel (bf16; AMX tiles where they run, else VDPBF16PS) against a float64 gather + causal softmax reference, its
 chunk invariance (any split of a prompt's queries gives the whole prompt's bits), what it declines
 (returns None: the caller keeps torch's SDPA) and what it refuses.
 
@@ -16,8 +16,8 @@ import torch
 from npu_serve_kernels.linear import cpu as linear
 from npu_serve_kernels.paged_attention import cpu
 
-pytestmark = pytest.mark.skipif(not (cpu.available() and linear.amx_available()),
-                                reason="the prefill kernel runs only where the AMX tiles do")
+pytestmark = pytest.mark.skipif(not (cpu.available() and linear.available()),
+                                reason="the prefill kernel runs only on CPUs with AVX512-BF16")
 
 
 def make_case(seq_len, heads, kv_heads, head_dim, v_head_dim, block_size, seed=0):

@@ -226,7 +226,7 @@ class DecoderLayer {
 
   // The whole layer for any step on the CPU attention backend when the layer has no window, softcap or
   // sinks: the attention of attention/cpu.py (CpuAttentionBackend, a TorchAttentionBackend): the prefill
-  // kernel where it runs (bf16 with AMX, ../paged_attention/cpu_prefill.h), else the same ATen calls on
+  // kernel where it runs (bf16 with AVX512-BF16, ../paged_attention/cpu_prefill.h), else the same ATen calls on
   // tensors of the same shapes and strides as attention/torch_ref.py, with no Python between them.
   // Requests are in the scheduler's order, decodes first: request i's queries are rows
   // query_start[i]..query_start[i+1] of the step, and it has seq_lens_cpu[i] tokens once they are in.
@@ -258,7 +258,7 @@ class DecoderLayer {
     const int64_t block_size = key_cache.size(1);
     for (size_t i = static_cast<size_t>(nd); i < seq_lens_cpu.size(); ++i) {
       const int64_t a = query_start[i], n = query_start[i + 1] - a, len = seq_lens_cpu[i];
-      // bf16 with AMX: the prefill kernel, as the CPU backend's _prefill calls it (the same bits).
+      // bf16 with AVX512-BF16: the prefill kernel, as the CPU backend's _prefill calls it (the same bits).
       const Tensor fast = npu_serve_prefill::paged_prefill(q.narrow(0, a, n), key_cache, value_cache,
                                                            block_tables[static_cast<int64_t>(i)], len, scale);
       if (fast.defined()) {

@@ -1,6 +1,6 @@
-// CPU prefill attention over the paged KV cache with AMX tiles (bf16): the n queries of one prompt or
-// chunk, at positions L-n .. L-1, each attending causally to keys 0..its position, read from the cache
-// blocks in place.
+// CPU prefill attention over the paged KV cache (bf16) with AMX tiles, or VDPBF16PS where there are none:
+// the n queries of one prompt or chunk, at positions L-n .. L-1, each attending causally to keys 0..its
+// position, read from the cache blocks in place.
 //
 // Why: torch's flash attention (what SDPA runs on CPU) took ~19% of a 512-token prefill step of
 // SmolLM2 (torch.profiler, 2026-12-03), and its speed depends on the length: 585 us for 256 tokens but
@@ -22,8 +22,10 @@
 // after a prefix-cache hit, gets the bits of the whole prompt (tests/attention/test_cpu_prefill_kernel.py).
 // (A non-finite value after a row's position can still reach it: 0 x inf is NaN in P V. Activations
 // that overflowed are wrong either way.)
-// It runs for bf16 only, where the AMX tiles do (usable()); fp32 keeps torch's SDPA, whose bits the
-// exactness tests compare with transformers' generate().
+// The products run on the AMX tiles where Linux grants them, else on VDPBF16PS (dot_block): the same
+// properties, other bits (each a fixed choice per process). It runs for bf16 only, on CPUs with
+// AVX512-BF16 (usable()); fp32 keeps torch's SDPA, whose bits the exactness tests compare with
+// transformers' generate().
 //
 // Header-only so that the C++ decoder layer (../decoder/cpu_decoder.h) calls it without Python, as the
 // CPU attention backend (npu_serve/attention/cpu.py) does through ../cpu_ops.cpp: both paths give the
@@ -40,6 +42,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -53,9 +56,9 @@ inline constexpr int64_t kKeyStep = 32;  // keys are padded to a multiple of thi
 inline constexpr int64_t kMaxKeys = 16384;
 
 // Whether paged_prefill() computes these inputs here (else it returns an undefined tensor and the
-// caller runs torch's SDPA): bf16 on the CPU, AMX tiles usable, head sizes the tiles take.
+// caller runs torch's SDPA): bf16 on the CPU, AVX512-BF16 (with or without AMX), head sizes the tiles take.
 inline bool usable(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t seq_len) {
-  if (!(NPU_SERVE_HAS_AMX && NPU_SERVE_HAS_BF16_GEMM && npu_serve_gemm::amx_ready())) return false;
+  if (!NPU_SERVE_HAS_BF16_GEMM) return false;
   if (q.scalar_type() != at::kBFloat16 || k_cache.scalar_type() != at::kBFloat16 ||
       v_cache.scalar_type() != at::kBFloat16)
     return false;
@@ -64,7 +67,7 @@ inline bool usable(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache
   return q.size(2) % 32 == 0 && v_cache.size(3) % 16 == 0 && seq_len <= kMaxKeys;
 }
 
-#if NPU_SERVE_HAS_AMX && NPU_SERVE_HAS_BF16_GEMM
+#if NPU_SERVE_HAS_BF16_GEMM
 
 // exp(x) for x <= 0, 16 lanes: cpu_decode.h's exp_nonpos (Cephes' expf, about 1 ulp) written with
 // intrinsics, because GCC left the scalar one unvectorised in the softmax loop here (70% of the kernel's
@@ -88,6 +91,66 @@ inline __m512 exp_nonpos16(__m512 x) {
   return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
 
+// Without AMX tiles (or where Linux does not grant them), the two products run on VDPBF16PS: `mr` rows of
+// x (bf16, ldx apart) against one or two packed blocks of 16 columns (w0, w1: ../linear/cpu_gemm.h's
+// layout, pair p of a block at p * 32) over K inputs (even), fp32 sums into c (row m, column j of the
+// pair at c[m * ldc + j]). Eight rows at a time: 16 accumulators, two weight vectors and a broadcast.
+// Each sum runs over K in order, one pair per VDPBF16PS, whatever rows are beside it, so a row's
+// result does not depend on how the queries are split (the AMX tiles' property, with other bits).
+// Why: on a Zen 5 EPYC without AMX, torch's flash attention (the fallback) took ~1.1 ms a layer for a
+// 250-token prompt, ~16% of the c=32 benchmark's time.
+template <int MR, bool kTwo>
+inline void dot_rows(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0, const uint16_t* w1, float* c,
+                     int64_t ldc) {
+  __m512 a0[MR], a1[MR];
+  for (int m = 0; m < MR; ++m) a0[m] = a1[m] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < K / 2; ++p) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w0 + p * 32);
+    const __m512bh b1 = kTwo ? (__m512bh)_mm512_loadu_si512(w1 + p * 32) : b0;
+    for (int m = 0; m < MR; ++m) {
+      int32_t pair;
+      std::memcpy(&pair, x + m * ldx + 2 * p, sizeof(pair));
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+      a0[m] = _mm512_dpbf16_ps(a0[m], xb, b0);
+      if constexpr (kTwo) a1[m] = _mm512_dpbf16_ps(a1[m], xb, b1);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    _mm512_storeu_ps(c + m * ldc, a0[m]);
+    if constexpr (kTwo) _mm512_storeu_ps(c + m * ldc + 16, a1[m]);
+  }
+}
+
+template <bool kTwo>
+inline void dot_block(int64_t mr, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0, const uint16_t* w1,
+                      float* c, int64_t ldc) {
+  int64_t m = 0;
+  for (; m + 8 <= mr; m += 8) dot_rows<8, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc);
+  switch (mr - m) {  // the last rows, never reading past them
+    case 1: dot_rows<1, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
+    case 2: dot_rows<2, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
+    case 3: dot_rows<3, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
+    case 4: dot_rows<4, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
+    case 5: dot_rows<5, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
+    case 6: dot_rows<6, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
+    case 7: dot_rows<7, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
+    default: break;
+  }
+}
+
+// mr (1..32) rows x one or two blocks of 16 columns over K: the AMX tiles (amx_block_for's numerics) where
+// `amx`, else dot_block.
+inline void product(bool amx, int64_t mr, bool two, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0,
+                    const uint16_t* w1, float* c, int64_t ldc) {
+#if NPU_SERVE_HAS_AMX
+  if (amx) return npu_serve_gemm::amx_block_for(mr > npu_serve_gemm::kAmxHalf, two, x, ldx, K, w0, w1, c, ldc);
+#else
+  (void)amx;
+#endif
+  if (two) dot_block<true>(mr, x, ldx, K, w0, w1, c, ldc);
+  else dot_block<false>(mr, x, ldx, K, w0, w1, c, ldc);
+}
+
 // One call's operands, shared with the pool's tasks.
 struct Prefill {
   const uint16_t* q;  // [n, H, D], rows q_row apart
@@ -96,6 +159,7 @@ struct Prefill {
   const int32_t* table;
   int64_t n, L, H, Hkv, D, Dv, block_size, Lpad;
   float scale;
+  bool amx;  // the AMX tiles (granted here), else VDPBF16PS: one choice per process, so the same bits every call
   uint16_t* kp;  // [Hkv][Lpad/16][D/2][16][2]: keys as B tiles of Q K^T
   uint16_t* vp;  // [Hkv][Dv/16][Lpad/2][16][2]: values, transposed, as B tiles of P V
   at::BFloat16* out;  // [n, H, Dv]
@@ -142,15 +206,18 @@ struct Prefill {
     if (static_cast<int64_t>(sc.s.size()) < kRows * keys) sc.s.resize(kRows * keys), sc.p.resize(kRows * keys);
     float* s = sc.s.data();
     uint16_t* p = sc.p.data();
-    const npu_serve_gemm::TileConfig cfg = npu_serve_gemm::amx_config(static_cast<int>(mr));
-    _tile_loadconfig(&cfg);
-    const bool half1 = mr > npu_serve_gemm::kAmxHalf;
+#if NPU_SERVE_HAS_AMX
+    if (amx) {
+      const npu_serve_gemm::TileConfig cfg = npu_serve_gemm::amx_config(static_cast<int>(mr));
+      _tile_loadconfig(&cfg);
+    }
+#endif
     // Scores: 32 keys (two B tiles) at a time, straight into the rows of s.
     const uint16_t* qh = q + r0 * q_row + h * D;
     const uint16_t* kh = kp + g * Lpad * D;
     for (int64_t k0 = 0; k0 < keys; k0 += 32) {
       const uint16_t* w = kh + (k0 / 16) * D * 16;
-      npu_serve_gemm::amx_block_for(half1, true, qh, q_row, D, w, w + D * 16, s + k0, keys);
+      product(amx, mr, true, qh, q_row, D, w, w + D * 16, s + k0, keys);
     }
     // Softmax numerators over each row's visible keys, as bf16 (zeros after them), and their sums.
     for (int64_t m = 0; m < mr; ++m) {
@@ -175,7 +242,7 @@ struct Prefill {
     const uint16_t* vh = vp + g * Dv * Lpad;
     for (int64_t d0 = 0; d0 < Dv; d0 += 32) {
       const uint16_t* w = vh + (d0 / 16) * Lpad * 16;
-      npu_serve_gemm::amx_block_for(half1, d0 + 16 < Dv, p, keys, keys, w, w + Lpad * 16, sc.c);
+      product(amx, mr, d0 + 16 < Dv, p, keys, keys, w, w + Lpad * 16, sc.c, 32);
       const int64_t cols = std::min<int64_t>(32, Dv - d0);
       for (int64_t m = 0; m < mr; ++m) {
         const __m512 total = _mm512_set1_ps(sc.sum[m]);
@@ -186,7 +253,9 @@ struct Prefill {
         }
       }
     }
-    _tile_release();
+#if NPU_SERVE_HAS_AMX
+    if (amx) _tile_release();
+#endif
   }
 };
 
@@ -218,13 +287,13 @@ inline Tensor paged_prefill(const Tensor& q, const Tensor& k_cache, const Tensor
   for (int64_t b = 0; b < used; ++b)
     TORCH_CHECK(table[b] >= 0 && table[b] < num_blocks, "paged_prefill: block id ", table[b], " out of range");
   Tensor out = at::empty({n, H, Dv}, q.options());
-#if NPU_SERVE_HAS_AMX && NPU_SERVE_HAS_BF16_GEMM
+#if NPU_SERVE_HAS_BF16_GEMM
   const int64_t Lpad = (seq_len + kKeyStep - 1) / kKeyStep * kKeyStep;
   std::vector<uint16_t> packed(static_cast<size_t>(Hkv * Lpad * (D + Dv)), 0);  // zeros: the padded keys
   Prefill job{reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()), q.stride(0),
               reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
               reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>()), table, n, seq_len, H, Hkv, D, Dv,
-              block_size, Lpad, static_cast<float>(scale), packed.data(), packed.data() + Hkv * Lpad * D,
+              block_size, Lpad, static_cast<float>(scale), NPU_SERVE_HAS_AMX && npu_serve_gemm::amx_ready(), packed.data(), packed.data() + Hkv * Lpad * D,
               out.data_ptr<at::BFloat16>()};
   auto pack = [&job](int64_t i) { job.pack(i); };
   npu_serve_pool::parallel_chunks(2 * Hkv, pack);
