@@ -12,8 +12,8 @@ backend logs it once and behaves exactly like the torch reference.
 Prefills of plain layers (no window, softcap or sinks) in bf16 go to the prefill kernel
 (kernels/npu_serve_kernels/paged_attention/cpu_prefill.h; AMX tiles where they run, else VDPBF16PS)
 where it runs: torch's flash attention was ~19% of a 512-token prefill step (an AMX Xeon), and 2-3x
-slower at lengths off its block sizes; ~16% of the c=32 benchmark on a Zen 5 EPYC without AMX. The C++ decoder
-layer calls the same kernel, so both paths give the same bits. fp32 keeps torch's SDPA, whose bits
+slower at lengths off its block sizes; ~16% of the c=32 benchmark on a Zen 5 EPYC without AMX. The
+C++ decoder layer calls the same kernel, so both paths give the same bits. fp32 keeps torch's SDPA, whose bits
 the exactness tests compare with transformers' generate().
 """
 

@@ -1,6 +1,7 @@
-"""The C++ CPU prefill kernel (bf16; AMX tiles where they run, else VDPBF16PS) against a float64 gather + causal softmax reference, its
-chunk invariance (any split of a prompt's queries gives the whole prompt's bits), what it declines
-(returns None: the caller keeps torch's SDPA) and what it refuses.
+"""The C++ CPU prefill kernel (bf16; AMX tiles where they run, else VDPBF16PS) against a float64
+gather + causal softmax reference, its chunk invariance (any split of a prompt's queries gives the
+whole prompt's bits), what it declines (returns None: the caller keeps torch's SDPA) and what it
+refuses.
 
 Caches hold NaN in every slot a request does not own, so a kernel that reads past seq_len or follows
 the wrong block shows it at once.

@@ -152,7 +152,11 @@ def test_preemptions_with_a_tiny_pool_and_answers_unchanged(pool_server):
     # waits until the engine counts all four.
     engine = pool_server.engine
     real = engine.core.executor
-    engine.core.executor = GatedExecutor(real, lambda: engine.stats().waiting + engine.stats().running >= 4)
+    def all_four_in():
+        stats = engine.stats()
+        return stats.waiting + stats.running >= 4
+
+    engine.core.executor = GatedExecutor(real, all_four_in)
     try:
         threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
         for t in threads:

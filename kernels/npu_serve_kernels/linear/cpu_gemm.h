@@ -117,12 +117,11 @@ inline void store_tile(const __m512* acc, const at::BFloat16* bias, int64_t cols
   }
 }
 
-// The VDPBF16PS tile: MR input rows (bf16, `x`, row stride ldx) x NV blocks of 16 output features over
-// all of K. `w` is the first block's packed data, `wstride` the distance between blocks (pairs x 32).
+// The VDPBF16PS sums of MR input rows (bf16, `x`, row stride ldx) x NV blocks of 16 output features over
+// all of K, into acc (row m, block v at acc[m * NV + v]). `w` is the first block's packed data, `wstride`
+// the distance between blocks (pairs x 32). Each sum runs over K in order, whatever rows are beside it.
 template <int MR, int NV>
-inline void tile_dot(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride,
-                     const at::BFloat16* bias, int64_t cols, at::BFloat16* y, int64_t ldy) {
-  __m512 acc[MR * NV];
+inline void dot_sums(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride, __m512* acc) {
   for (int i = 0; i < MR * NV; ++i) acc[i] = _mm512_setzero_ps();
   const int64_t full = K / 2;
   for (int64_t p = 0; p < full; ++p) {
@@ -145,7 +144,26 @@ inline void tile_dot(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* 
         acc[m * NV + v] = _mm512_dpbf16_ps(acc[m * NV + v], (__m512bh)xb, (__m512bh)wv[v]);
     }
   }
+}
+
+// The VDPBF16PS tile: dot_sums, then the bias and bf16 outputs (store_tile).
+template <int MR, int NV>
+inline void tile_dot(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride,
+                     const at::BFloat16* bias, int64_t cols, at::BFloat16* y, int64_t ldy) {
+  __m512 acc[MR * NV];
+  dot_sums<MR, NV>(x, ldx, K, w, wstride, acc);
   store_tile<MR, NV>(acc, bias, cols, y, ldy);
+}
+
+// dot_sums stored as they are, in fp32: c[m * ldc + v * 16 + j] (the CPU prefill attention's products
+// where there are no AMX tiles, ../paged_attention/cpu_prefill.h).
+template <int MR, int NV>
+inline void tile_dot_f32(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w, int64_t wstride, float* c,
+                         int64_t ldc) {
+  __m512 acc[MR * NV];
+  dot_sums<MR, NV>(x, ldx, K, w, wstride, acc);
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + m * ldc + v * kLanes, acc[m * NV + v]);
 }
 
 // The fp32-FMA tile, for CPUs whose VDPBF16PS is slower than two FMAs (seen: a Xeon whose VDPBF16PS
@@ -182,6 +200,7 @@ using DotFn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64
                        at::BFloat16*, int64_t);
 using FmaFn = void (*)(const float*, int64_t, int64_t, const uint16_t*, int64_t, const at::BFloat16*, int64_t,
                        at::BFloat16*, int64_t);
+using DotF32Fn = void (*)(const uint16_t*, int64_t, int64_t, const uint16_t*, int64_t, float*, int64_t);
 
 // table[mr - 1][nv - 1]: the tile of mr rows (the last row block may be short) and nv blocks.
 template <typename Fn, int NVMax, template <int, int> class Tile>
@@ -203,10 +222,17 @@ template <int MR, int NV>
 struct FmaTile {
   static constexpr FmaFn fn = tile_fma<MR, NV>;
 };
+template <int MR, int NV>
+struct DotF32Tile {
+  static constexpr DotF32Fn fn = tile_dot_f32<MR, NV>;
+};
 inline constexpr auto kDotTiles =
     Tiles<DotFn, kNV, DotTile>::table(std::make_integer_sequence<int, kMR>{});
 inline constexpr auto kFmaTiles =
     Tiles<FmaFn, kFmaNV, FmaTile>::table(std::make_integer_sequence<int, kFmaMR>{});
+// Up to two blocks: the prefill attention's products take 32 columns at a time.
+inline constexpr auto kDotF32Tiles =
+    Tiles<DotF32Fn, 2, DotF32Tile>::table(std::make_integer_sequence<int, kMR>{});
 
 // Sets MXCSR's DAZ and FTZ bits for its scope (the FMA tiles' denormal rule = VDPBF16PS's).
 class FlushDenormals {

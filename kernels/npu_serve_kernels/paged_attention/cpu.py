@@ -66,8 +66,8 @@ def paged_prefill(
     """Causal prefill attention (`cpu_prefill.h`): query i (at position seq_len - n + i) attends to
     keys 0..seq_len - n + i, read from the paged cache in place. Runs only for bf16 on CPUs with
     AVX512-BF16 (on AMX tiles where they run), with head_dim a multiple of 32 and DV of 16, up to 16384
-    keys; returns None elsewhere
-    (the caller keeps torch's SDPA). Raises RuntimeError for inputs that do not fit together."""
+    keys; returns None elsewhere (the caller keeps torch's SDPA). Raises RuntimeError for inputs that
+    do not fit together."""
     mod = _load()
     return mod.paged_prefill(q, k_cache, v_cache, block_table.to(torch.int32).contiguous(), int(seq_len),
                              float(scale))

@@ -22,7 +22,7 @@
 // after a prefix-cache hit, gets the bits of the whole prompt (tests/attention/test_cpu_prefill_kernel.py).
 // (A non-finite value after a row's position can still reach it: 0 x inf is NaN in P V. Activations
 // that overflowed are wrong either way.)
-// The products run on the AMX tiles where Linux grants them, else on VDPBF16PS (dot_block): the same
+// The products run on the AMX tiles where Linux grants them, else on VDPBF16PS (product()): the same
 // properties, other bits (each a fixed choice per process). It runs for bf16 only, on CPUs with
 // AVX512-BF16 (usable()); fp32 keeps torch's SDPA, whose bits the exactness tests compare with
 // transformers' generate().
@@ -42,7 +42,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -91,64 +90,25 @@ inline __m512 exp_nonpos16(__m512 x) {
   return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);
 }
 
-// Without AMX tiles (or where Linux does not grant them), the two products run on VDPBF16PS: `mr` rows of
-// x (bf16, ldx apart) against one or two packed blocks of 16 columns (w0, w1: ../linear/cpu_gemm.h's
-// layout, pair p of a block at p * 32) over K inputs (even), fp32 sums into c (row m, column j of the
-// pair at c[m * ldc + j]). Eight rows at a time: 16 accumulators, two weight vectors and a broadcast.
-// Each sum runs over K in order, one pair per VDPBF16PS, whatever rows are beside it, so a row's
-// result does not depend on how the queries are split (the AMX tiles' property, with other bits).
-// Why: on a Zen 5 EPYC without AMX, torch's flash attention (the fallback) took ~1.1 ms a layer for a
-// 250-token prompt, ~16% of the c=32 benchmark's time.
-template <int MR, bool kTwo>
-inline void dot_rows(const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0, const uint16_t* w1, float* c,
-                     int64_t ldc) {
-  __m512 a0[MR], a1[MR];
-  for (int m = 0; m < MR; ++m) a0[m] = a1[m] = _mm512_setzero_ps();
-  for (int64_t p = 0; p < K / 2; ++p) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(w0 + p * 32);
-    const __m512bh b1 = kTwo ? (__m512bh)_mm512_loadu_si512(w1 + p * 32) : b0;
-    for (int m = 0; m < MR; ++m) {
-      int32_t pair;
-      std::memcpy(&pair, x + m * ldx + 2 * p, sizeof(pair));
-      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
-      a0[m] = _mm512_dpbf16_ps(a0[m], xb, b0);
-      if constexpr (kTwo) a1[m] = _mm512_dpbf16_ps(a1[m], xb, b1);
-    }
-  }
-  for (int m = 0; m < MR; ++m) {
-    _mm512_storeu_ps(c + m * ldc, a0[m]);
-    if constexpr (kTwo) _mm512_storeu_ps(c + m * ldc + 16, a1[m]);
-  }
-}
-
-template <bool kTwo>
-inline void dot_block(int64_t mr, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0, const uint16_t* w1,
-                      float* c, int64_t ldc) {
-  int64_t m = 0;
-  for (; m + 8 <= mr; m += 8) dot_rows<8, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc);
-  switch (mr - m) {  // the last rows, never reading past them
-    case 1: dot_rows<1, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
-    case 2: dot_rows<2, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
-    case 3: dot_rows<3, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
-    case 4: dot_rows<4, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
-    case 5: dot_rows<5, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
-    case 6: dot_rows<6, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
-    case 7: dot_rows<7, kTwo>(x + m * ldx, ldx, K, w0, w1, c + m * ldc, ldc); break;
-    default: break;
-  }
-}
-
-// mr (1..32) rows x one or two blocks of 16 columns over K: the AMX tiles (amx_block_for's numerics) where
-// `amx`, else dot_block.
-inline void product(bool amx, int64_t mr, bool two, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w0,
-                    const uint16_t* w1, float* c, int64_t ldc) {
+// mr (1..32) rows of x (bf16, ldx apart) x one or two packed blocks of 16 columns (w, and w + wstride when
+// `two`: ../linear/cpu_gemm.h's layout) over K inputs, fp32 sums into c (row m, column j of the pair at
+// c[m * ldc + j]): the AMX tiles where `amx`, else the linears' VDPBF16PS tiles kMR rows at a time
+// (tile_dot_f32). Either way each sum runs over K in order whatever rows are beside it, so a row's result
+// does not depend on how the queries are split (the two give other bits). Why VDPBF16PS: on a Zen 5 EPYC
+// without AMX, torch's flash attention (the fallback) took ~1.1 ms a layer for a 250-token prompt, ~16%
+// of the c=32 benchmark's time; these products 0.17 ms.
+inline void product(bool amx, int64_t mr, bool two, const uint16_t* x, int64_t ldx, int64_t K, const uint16_t* w,
+                    int64_t wstride, float* c, int64_t ldc) {
 #if NPU_SERVE_HAS_AMX
-  if (amx) return npu_serve_gemm::amx_block_for(mr > npu_serve_gemm::kAmxHalf, two, x, ldx, K, w0, w1, c, ldc);
+  if (amx)
+    return npu_serve_gemm::amx_block_for(mr > npu_serve_gemm::kAmxHalf, two, x, ldx, K, w, w + wstride, c, ldc);
 #else
   (void)amx;
 #endif
-  if (two) dot_block<true>(mr, x, ldx, K, w0, w1, c, ldc);
-  else dot_block<false>(mr, x, ldx, K, w0, w1, c, ldc);
+  for (int64_t m = 0; m < mr; m += npu_serve_gemm::kMR) {
+    const int64_t rows = std::min<int64_t>(npu_serve_gemm::kMR, mr - m);
+    npu_serve_gemm::kDotF32Tiles[rows - 1][two ? 1 : 0](x + m * ldx, ldx, K, w, wstride, c + m * ldc, ldc);
+  }
 }
 
 // One call's operands, shared with the pool's tasks.
@@ -217,7 +177,7 @@ struct Prefill {
     const uint16_t* kh = kp + g * Lpad * D;
     for (int64_t k0 = 0; k0 < keys; k0 += 32) {
       const uint16_t* w = kh + (k0 / 16) * D * 16;
-      product(amx, mr, true, qh, q_row, D, w, w + D * 16, s + k0, keys);
+      product(amx, mr, true, qh, q_row, D, w, D * 16, s + k0, keys);
     }
     // Softmax numerators over each row's visible keys, as bf16 (zeros after them), and their sums.
     for (int64_t m = 0; m < mr; ++m) {
@@ -242,7 +202,7 @@ struct Prefill {
     const uint16_t* vh = vp + g * Dv * Lpad;
     for (int64_t d0 = 0; d0 < Dv; d0 += 32) {
       const uint16_t* w = vh + (d0 / 16) * Lpad * 16;
-      product(amx, mr, d0 + 16 < Dv, p, keys, keys, w, w + Lpad * 16, sc.c, 32);
+      product(amx, mr, d0 + 16 < Dv, p, keys, keys, w, Lpad * 16, sc.c, 32);
       const int64_t cols = std::min<int64_t>(32, Dv - d0);
       for (int64_t m = 0; m < mr; ++m) {
         const __m512 total = _mm512_set1_ps(sc.sum[m]);
@@ -293,8 +253,8 @@ inline Tensor paged_prefill(const Tensor& q, const Tensor& k_cache, const Tensor
   Prefill job{reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>()), q.stride(0),
               reinterpret_cast<const uint16_t*>(k_cache.data_ptr<at::BFloat16>()),
               reinterpret_cast<const uint16_t*>(v_cache.data_ptr<at::BFloat16>()), table, n, seq_len, H, Hkv, D, Dv,
-              block_size, Lpad, static_cast<float>(scale), NPU_SERVE_HAS_AMX && npu_serve_gemm::amx_ready(), packed.data(), packed.data() + Hkv * Lpad * D,
-              out.data_ptr<at::BFloat16>()};
+              block_size, Lpad, static_cast<float>(scale), NPU_SERVE_HAS_AMX && npu_serve_gemm::amx_ready(),
+              packed.data(), packed.data() + Hkv * Lpad * D, out.data_ptr<at::BFloat16>()};
   auto pack = [&job](int64_t i) { job.pack(i); };
   npu_serve_pool::parallel_chunks(2 * Hkv, pack);
   auto attend = [&job](int64_t i) { job.attend(i); };
