@@ -124,18 +124,38 @@ def sse_lines(body: bytes) -> list[str]:
 
 
 class FailingExecutor(ExecutorWrapper):
-    """Wraps the engine's real executor and makes its `fail_at`-th forward raise, as a device fault
-    would (an NPU/CUDA runtime error mid-generation). Everything else is the real engine and server:
-    the engine fails the requests of that step with finish_reason "error", and the server must turn
-    that into a 500 (before a stream starts) or an in-band error event (after)."""
+    """Wraps the engine's real executor and makes its `fail_at`-th forward raise `error` (by default a
+    RuntimeError, as a device fault would: an NPU/CUDA runtime error mid-generation). Everything else is
+    the real engine and server: the engine fails the requests of that step with finish_reason "error",
+    and the server must turn that into a 500 (before a stream starts) or an in-band error event (after).
 
-    def __init__(self, real, fail_at: int = 4):
+    With `hold`, the failing step first waits (up to 60 s) for `release`, which the test sets once the
+    client holds a streamed chunk (`read_stream`): otherwise, on a loaded machine, a tiny model can run
+    every step up to the fault before the server sends its first chunk, and the fault is then the plain
+    500 before the stream, a different case."""
+
+    def __init__(self, real, fail_at: int = 4, error: BaseException | None = None, hold: bool = False):
         super().__init__(real)
         self.calls, self.fail_at = 0, fail_at
+        self.error = error if error is not None else RuntimeError("injected device fault")
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
 
     def execute(self, so):
         if so.scheduled:
             self.calls += 1
             if self.calls == self.fail_at:
-                raise RuntimeError("injected device fault")
+                self.release.wait(60)
+                raise self.error
         return self.real.execute(so)
+
+
+def read_stream(response: requests.Response, release: threading.Event) -> bytes:
+    """A streamed response's whole body, with `release` set once its first event has arrived."""
+    body = b""
+    chunks = response.iter_content(chunk_size=None)
+    while b"\n\n" not in body:
+        body += next(chunks)
+    release.set()
+    return body + b"".join(chunks)

@@ -4,7 +4,6 @@ the death to on_fatal (the CLI's exit) after a short delay. Runs in-process over
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import requests
@@ -13,29 +12,7 @@ from npu_serve.errors import EngineDeadError
 from npu_serve.server import app as app_module
 from npu_serve.server.app import build_app
 from npu_serve.server.config import ServerConfig
-from tests.e2e.conftest import LiveServer, sse_lines
-from tests.executor_wrapper import ExecutorWrapper
-
-
-class DyingExecutor(ExecutorWrapper):
-    """The real executor, until its `die_at`-th step raises as a lost rank does. That step first
-    waits (up to 60 s) for `release`: the test sets it once the client holds a streamed chunk, so
-    the death comes mid-stream however the threads are scheduled (on a loaded machine the engine
-    can otherwise run every step before the server sends its first chunk, and the death is then a
-    plain 503 before the stream, a different case)."""
-
-    def __init__(self, real, die_at: int):
-        super().__init__(real)
-        self.calls, self.die_at = 0, die_at
-        self.release = threading.Event()
-
-    def execute(self, so):
-        if so.scheduled:
-            self.calls += 1
-            if self.calls == self.die_at:
-                self.release.wait(60)
-                raise EngineDeadError("rank 1 (pid 4242) exited with code -9")
-        return self.real.execute(so)
+from tests.e2e.conftest import FailingExecutor, LiveServer, read_stream, sse_lines
 
 
 def test_a_dead_engine_ends_streams_answers_503_and_calls_on_fatal(tiny_llama_dir, monkeypatch):
@@ -44,7 +21,8 @@ def test_a_dead_engine_ends_streams_answers_503_and_calls_on_fatal(tiny_llama_di
     monkeypatch.setattr(app_module, "DEAD_EXIT_DELAY_S", 1.0)
     fatal: list[tuple[float, str]] = []
     engine = AsyncEngine(str(tiny_llama_dir), device="cpu", dtype="float32")
-    dying = engine.core.executor = DyingExecutor(engine.core.executor, die_at=5)
+    dying = engine.core.executor = FailingExecutor(
+        engine.core.executor, fail_at=5, error=EngineDeadError("rank 1 (pid 4242) exited with code -9"), hold=True)
     server = LiveServer(build_app(engine, ServerConfig(served_model_name="tiny", warmup=False),
                                   on_fatal=lambda m: fatal.append((time.monotonic(), m))))
     server.start()
@@ -52,13 +30,7 @@ def test_a_dead_engine_ends_streams_answers_503_and_calls_on_fatal(tiny_llama_di
         r = server.post("/v1/completions", {"model": "tiny", "prompt": "Hello", "max_tokens": 50, "ignore_eos": True,
                                             "temperature": 0, "stream": True}, stream=True)
         assert r.status_code == 200
-        body = b""
-        chunks = r.iter_content(chunk_size=None)
-        while b"\n\n" not in body:  # the first event
-            body += next(chunks)
-        dying.release.set()
-        body += b"".join(chunks)
-        payloads = sse_lines(body)
+        payloads = sse_lines(read_stream(r, dying.release))
         died_at = time.monotonic()
         assert payloads[-1] == "[DONE]"
         error = json.loads(payloads[-2])["error"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import FailingExecutor, sse_lines
+from tests.e2e.conftest import FailingExecutor, read_stream, sse_lines
 
 CHAT = "/v1/chat/completions"
 MSGS = [{"role": "user", "content": "Tell me a story about a cat."}]
@@ -108,13 +108,15 @@ def test_completion_stream_stop_string(tiny_server):
 def test_error_mid_stream_is_an_error_event_then_done(tiny_server):
     core = tiny_server.engine.core
     real = core.executor
-    core.executor = FailingExecutor(real)
+    failing = core.executor = FailingExecutor(real, hold=True)
     try:
-        r = tiny_server.post(CHAT, chat_body(stream=True, max_tokens=50, stream_options={"include_usage": True}))
+        r = tiny_server.post(CHAT, chat_body(stream=True, max_tokens=50, stream_options={"include_usage": True}),
+                             stream=True)
+        assert r.status_code == 200
+        payloads = sse_lines(read_stream(r, failing.release))
     finally:
         core.executor = real
-    payloads = sse_lines(r.content)
-    assert r.status_code == 200 and payloads[-1] == "[DONE]"
+    assert payloads[-1] == "[DONE]"
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
     assert any(c.get("choices") and c["choices"][0]["delta"].get("content") for c in chunks[1:-1])
@@ -148,16 +150,17 @@ def test_health_and_version(tiny_server):
 def test_openai_sdk_raises_on_the_in_band_error(tiny_server):
     import openai
 
-    client = openai.OpenAI(api_key="unused", base_url=tiny_server.url + "/v1")
+    # No retries: a fault before the stream (a 500) must not be retried into a stream without one.
+    client = openai.OpenAI(api_key="unused", base_url=tiny_server.url + "/v1", max_retries=0)
     core = tiny_server.engine.core
     real = core.executor
-    core.executor = FailingExecutor(real)
+    failing = core.executor = FailingExecutor(real, hold=True)
     try:
         stream = client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=50, temperature=0,
                                                 stream=True)
         with pytest.raises(openai.APIError, match="injected device fault"):
             for _ in stream:
-                pass
+                failing.release.set()  # the fault comes after the first chunk
     finally:
         core.executor = real
     assert tiny_server.wait_kv_free()[0] == 0
